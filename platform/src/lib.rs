@@ -1,0 +1,28 @@
+//! Worker-side adapters shared by the three Workers: shared's ports implemented over D1 and R2,
+//! the metadata store, configuration and HTTP helpers. Everything that decides *what* to do
+//! lives in `shared`; this crate only knows *how* to talk to the platform.
+
+pub mod config;
+pub mod d1_source;
+pub mod http;
+pub mod meta;
+pub mod r2_sink;
+
+/// Binding names, defined once.
+pub mod bindings {
+    /// The metadata D1 database (jobs, runs, backup inventory).
+    pub const META: &str = "META";
+    /// The R2 bucket that holds every backup.
+    pub const BACKUPS: &str = "BACKUPS";
+    /// The queue of backup messages.
+    pub const BACKUP_QUEUE: &str = "BACKUP_QUEUE";
+}
+
+/// The current time, from the Workers clock.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    millis_to_utc(worker::Date::now().as_millis() as i64)
+}
+
+pub fn millis_to_utc(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}

@@ -1,0 +1,140 @@
+//! The R2 key layout, built and parsed in one place.
+//!
+//! - `daily/YYYY-MM-DD/<db>.sql`: the nightly backup; the date is the cron run's scheduled
+//!   time (UTC), so one scheduled night maps to exactly one key per database.
+//! - `manual/YYYY-MM-DD/<job-id>/<db>.sql`: an on-demand backup; the job id keeps two manual
+//!   backups on the same day apart and never overwrites the nightly one.
+
+use crate::config::is_valid_database_name;
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupKind {
+    Daily,
+    Manual,
+}
+
+impl BackupKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupKind::Daily => "daily",
+            BackupKind::Manual => "manual",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BackupKind> {
+        match s {
+            "daily" => Some(BackupKind::Daily),
+            "manual" => Some(BackupKind::Manual),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupKey {
+    pub kind: BackupKind,
+    pub date: NaiveDate,
+    pub database: String,
+    /// Present for manual backups only.
+    pub job_id: Option<Uuid>,
+}
+
+impl BackupKey {
+    pub fn daily(date: NaiveDate, database: &str) -> BackupKey {
+        BackupKey { kind: BackupKind::Daily, date, database: database.to_owned(), job_id: None }
+    }
+
+    pub fn manual(date: NaiveDate, job_id: Uuid, database: &str) -> BackupKey {
+        BackupKey {
+            kind: BackupKind::Manual,
+            date,
+            database: database.to_owned(),
+            job_id: Some(job_id),
+        }
+    }
+
+    pub fn for_run(kind: BackupKind, date: NaiveDate, job_id: Uuid, database: &str) -> BackupKey {
+        match kind {
+            BackupKind::Daily => BackupKey::daily(date, database),
+            BackupKind::Manual => BackupKey::manual(date, job_id, database),
+        }
+    }
+
+    pub fn to_key(&self) -> String {
+        let date = self.date.format("%Y-%m-%d");
+        match (self.kind, self.job_id) {
+            (BackupKind::Manual, Some(job)) => format!("manual/{date}/{job}/{}.sql", self.database),
+            _ => format!("daily/{date}/{}.sql", self.database),
+        }
+    }
+
+    /// Parses a key written by [`BackupKey::to_key`]; anything else is `None`.
+    pub fn parse(key: &str) -> Option<BackupKey> {
+        let parts: Vec<&str> = key.split('/').collect();
+        let (kind, date, job_id, file) = match parts.as_slice() {
+            ["daily", date, file] => (BackupKind::Daily, *date, None, *file),
+            ["manual", date, job, file] => {
+                (BackupKind::Manual, *date, Some(Uuid::parse_str(job).ok()?), *file)
+            }
+            _ => return None,
+        };
+        let date = parse_date(date)?;
+        let database = file.strip_suffix(".sql")?;
+        if !is_valid_database_name(database) {
+            return None;
+        }
+        Some(BackupKey { kind, date, database: database.to_owned(), job_id })
+    }
+}
+
+/// Strict `YYYY-MM-DD` (chrono alone would accept `2026-1-5`).
+pub fn parse_date(s: &str) -> Option<NaiveDate> {
+    let b = s.as_bytes();
+    let shape_ok = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    if !shape_ok {
+        return None;
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daily_and_manual_keys_round_trip() {
+        let date = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+        let daily = BackupKey::daily(date, "chinook");
+        assert_eq!(daily.to_key(), "daily/2026-11-23/chinook.sql");
+        assert_eq!(BackupKey::parse(&daily.to_key()), Some(daily));
+
+        let job = Uuid::parse_str("0f8fad5b-d9cb-469f-a165-70867728950e").unwrap();
+        let manual = BackupKey::manual(date, job, "demo");
+        assert_eq!(
+            manual.to_key(),
+            "manual/2026-11-23/0f8fad5b-d9cb-469f-a165-70867728950e/demo.sql"
+        );
+        assert_eq!(BackupKey::parse(&manual.to_key()), Some(manual));
+    }
+
+    #[test]
+    fn foreign_keys_do_not_parse() {
+        for key in [
+            "daily/2026-11-23/../x.sql",
+            "daily/2026-1-3/x.sql",
+            "daily/2026-11-23/x.txt",
+            "weekly/2026-W47.tar.gz",
+            "manual/2026-11-23/not-a-uuid/x.sql",
+            "daily/2026-02-30/x.sql",
+        ] {
+            assert_eq!(BackupKey::parse(key), None, "{key}");
+        }
+    }
+}

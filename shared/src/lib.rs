@@ -1,0 +1,16 @@
+//! The pure core of the D1 backup system.
+//!
+//! Everything here is plain data in, plain data out: no Worker types. The Worker crates
+//! implement the traits in [`ports`] over D1 and R2 and hand over to this code, so every
+//! behaviour is tested natively (against rusqlite and in-memory stores) before it runs in workerd.
+
+pub mod config;
+pub mod dump;
+pub mod keys;
+pub mod message;
+pub mod ports;
+pub mod state;
+pub mod trigger;
+
+/// Version of this tool, written into every dump header.
+pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,67 @@
+//! Queue messages between the producer and the consumer.
+//!
+//! Every message carries a format version `v`; a consumer refuses versions it does not know
+//! instead of guessing. Messages stay far below the Queues limit of 128 KB.
+
+use crate::keys::{BackupKey, BackupKind};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub const MESSAGE_VERSION: u32 = 1;
+
+/// Export one database for one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupMessage {
+    pub v: u32,
+    pub job_id: Uuid,
+    pub database: String,
+    pub kind: BackupKind,
+    /// For a nightly run, the cron's scheduled time (which names the daily); for a manual
+    /// run, the time of the request.
+    pub requested_at: DateTime<Utc>,
+}
+
+impl BackupMessage {
+    pub fn new(job_id: Uuid, database: &str, kind: BackupKind, requested_at: DateTime<Utc>) -> Self {
+        BackupMessage { v: MESSAGE_VERSION, job_id, database: database.to_owned(), kind, requested_at }
+    }
+
+    /// Where this run's dump is stored.
+    pub fn backup_key(&self) -> BackupKey {
+        BackupKey::for_run(self.kind, self.requested_at.date_naive(), self.job_id, &self.database)
+    }
+
+    /// Parses a message body, refusing unknown versions.
+    pub fn from_json(value: serde_json::Value) -> Result<BackupMessage, String> {
+        let v = value.get("v").and_then(|v| v.as_u64());
+        if v != Some(u64::from(MESSAGE_VERSION)) {
+            return Err(format!("unsupported message version {v:?}, expected {MESSAGE_VERSION}"));
+        }
+        serde_json::from_value(value).map_err(|e| format!("malformed backup message: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn round_trips_through_json_and_names_its_key() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 23, 3, 0, 0).unwrap();
+        let msg = BackupMessage::new(Uuid::nil(), "chinook", BackupKind::Daily, at);
+        let json = serde_json::to_value(&msg).unwrap();
+        assert_eq!(json["jobId"], "00000000-0000-0000-0000-000000000000");
+        assert_eq!(BackupMessage::from_json(json).unwrap(), msg);
+        assert_eq!(msg.backup_key().to_key(), "daily/2026-11-23/chinook.sql");
+    }
+
+    #[test]
+    fn refuses_unknown_versions_and_garbage() {
+        assert!(BackupMessage::from_json(serde_json::json!({"v": 2})).is_err());
+        assert!(BackupMessage::from_json(serde_json::json!("hello")).is_err());
+        assert!(BackupMessage::from_json(serde_json::json!({"v": 1, "jobId": "x"})).is_err());
+    }
+}
