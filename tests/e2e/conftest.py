@@ -1,0 +1,23 @@
+import atexit
+import signal
+import uuid
+
+import pytest
+
+from stack import ROOT, Stack
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """One local stack for the session, with its own port and state directory."""
+    state_dir = ROOT / "target" / "e2e" / uuid.uuid4().hex[:12]
+    s = Stack(state_dir)
+    # Torn down however the session ends: normal exit, failure, Ctrl-C or SIGTERM.
+    atexit.register(s.stop)
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: (s.stop(), signal.default_int_handler(signal.SIGINT, None)))
+    try:
+        yield s.start()
+    finally:
+        s.stop()
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,179 @@
+"""The local Cloudflare stack under test: started by the project's own script on a free port
+with its own state directory, and always torn down, process group and all."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+ADMIN_TOKEN = "e2e-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Response:
+    def __init__(self, status: int, headers, body: bytes):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class Stack:
+    def __init__(self, state_dir: Path, port: int | None = None):
+        self.state_dir = state_dir
+        self.port = port or free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        self.log_path = state_dir / "wrangler-dev.log"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, timeout: float = 120.0) -> "Stack":
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [str(ROOT / "scripts/local-stack.sh"), "prepare", str(self.state_dir)],
+            cwd=ROOT, check=True, capture_output=True, timeout=300,
+        )
+        log = open(self.log_path, "wb")
+        # A session of its own: teardown signals the whole group (wrangler, workerd, esbuild).
+        self.process = subprocess.Popen(
+            [str(ROOT / "scripts/local-stack.sh"), "run", str(self.port), str(self.state_dir), ADMIN_TOKEN],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"wrangler dev exited early:\n{self.log()}")
+            try:
+                if self.request("GET", "/health").status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"stack did not answer within {timeout}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        pgid = self.process.pid
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and group_alive(pgid):
+                time.sleep(0.1)
+            if not group_alive(pgid):
+                break
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.process = None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-5000:]
+        except OSError:
+            return ""
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body=None, token: str | None = None,
+                headers: dict | None = None) -> Response:
+        data = None
+        hdrs = dict(headers or {})
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        if token is not None:
+            hdrs["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=hdrs)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return Response(r.status, r.headers, r.read())
+        except urllib.error.HTTPError as e:
+            return Response(e.code, e.headers, e.read())
+
+    def admin(self, method: str, path: str, body=None) -> Response:
+        return self.request(method, path, body, token=ADMIN_TOKEN)
+
+    def wait_for_job(self, job_id: str, timeout: float = 90.0) -> dict:
+        """Polls a job until every run is final; returns the job."""
+        deadline = time.monotonic() + timeout
+        job = None
+        while time.monotonic() < deadline:
+            job = self.admin("GET", f"/jobs/{job_id}").json()
+            if job["status"] in ("completed", "partial", "failed"):
+                return job
+            time.sleep(0.5)
+        raise AssertionError(f"job {job_id} not final after {timeout}s: {job}\n{self.log()}")
+
+    def fire_cron(self, cron: str, when_ms: int) -> Response:
+        from urllib.parse import urlencode
+        return self.request("GET", "/cdn-cgi/handler/scheduled?" + urlencode({"cron": cron, "time": when_ms}))
+
+    # -- storage, read with the real clients --------------------------------------------------
+
+    def wrangler(self, *args: str, config: str = "wrangler.toml") -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            ["node", "node_modules/wrangler/bin/wrangler.js", *args, "-c", config,
+             "--persist-to", str(self.state_dir)],
+            cwd=ROOT, capture_output=True, timeout=120,
+            env={**os.environ, "WRANGLER_SEND_METRICS": "false", "CI": "true"},
+        )
+        if result.returncode != 0:
+            raise subprocess.CalledProcessError(
+                result.returncode, result.args,
+                output=result.stdout[-2000:], stderr=result.stdout[-2000:] + result.stderr[-2000:])
+        return result
+
+    def r2_get(self, key: str, dest: Path) -> bytes:
+        """Reads an object from the local R2 bucket with `wrangler r2 object get`."""
+        self.wrangler("r2", "object", "get", f"d1-backups/{key}", "--local", "--file", str(dest))
+        return dest.read_bytes()
+
+    def r2_exists(self, key: str, dest: Path) -> bool:
+        try:
+            self.r2_get(key, dest)
+            return True
+        except subprocess.CalledProcessError:
+            return False
+
+    def d1_query(self, database: str, sql: str) -> list[dict]:
+        """Runs SQL on a local D1 database with `wrangler d1 execute`."""
+        out = self.wrangler("d1", "execute", database, "--local", "--json", "--command", sql,
+                            config="consumer/wrangler.toml")
+        return json.loads(out.stdout)[0]["results"]
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+if __name__ == "__main__":
+    print("run through pytest", file=sys.stderr)
