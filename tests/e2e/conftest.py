@@ -1,6 +1,8 @@
 import atexit
+import os
 import signal
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +12,7 @@ from stack import ROOT, Stack
 @pytest.fixture(scope="session")
 def stack():
     """One local stack for the session, with its own port and state directory."""
-    state_dir = ROOT / "target" / "e2e" / uuid.uuid4().hex[:12]
+    state_dir = Path(os.environ.get("E2E_STATE_DIR") or ROOT / "target" / "e2e" / uuid.uuid4().hex[:12])
     s = Stack(state_dir)
     # Torn down however the session ends: normal exit, failure, Ctrl-C or SIGTERM.
     atexit.register(s.stop)
