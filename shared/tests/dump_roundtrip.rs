@@ -93,3 +93,93 @@ fn without_rowid_tables_page_by_primary_key() {
     assert_eq!(summary.rows, 1000);
     assert_same_data(&source, &restore(std::str::from_utf8(&out).unwrap()));
 }
+
+/// Values that lose something on the way through `quote()`, JavaScript numbers or the sqlite3
+/// shell, in a column without affinity so each keeps its own storage class.
+fn hostile_values() -> Connection {
+    use rusqlite::types::Value;
+    let conn = Connection::open_in_memory().unwrap();
+    conn.execute_batch("CREATE TABLE v (id INTEGER PRIMARY KEY, x)").unwrap();
+    let values: Vec<Value> = vec![
+        Value::Integer(i64::MAX),
+        Value::Integer(i64::MIN),
+        Value::Integer((1 << 53) + 1),
+        // Not -0.0: SQLite's printf drops its sign and no SQL expression evaluates to it, so
+        // no SQL text dump can carry it yet (an open item of the exporter issue).
+        Value::Real(f64::from_bits(1)), // smallest denormal
+        Value::Real(f64::MIN_POSITIVE),
+        Value::Real(f64::INFINITY),
+        Value::Real(f64::NEG_INFINITY),
+        Value::Real(0.1),
+        Value::Real(1.0 / 3.0),
+        Value::Real(f64::MAX),
+        Value::Real(-1.5e-300),
+        Value::Real(1e16),
+        Value::Text(String::new()),
+        Value::Text("a\0b".into()),
+        Value::Text("\0".into()),
+        Value::Text("line\r\nbreak\rcr\nlf".into()),
+        Value::Text("tab\there\u{7f}\u{1b}[0m".into()),
+        Value::Text("it's \"quoted\" ✓ 𝄞".into()),
+        Value::Text("123".into()),
+        Value::Blob(Vec::new()),
+        Value::Blob(vec![0, 1, 255, b'\'', b'\r']),
+        Value::Null,
+    ];
+    for (i, v) in values.into_iter().enumerate() {
+        conn.execute("INSERT INTO v (id, x) VALUES (?1, ?2)", rusqlite::params![i as i64 - 5, v]).unwrap();
+    }
+    conn
+}
+
+/// Each value's storage class and exact bits, read back through rusqlite.
+fn exact_values(conn: &Connection) -> Vec<(i64, String)> {
+    use rusqlite::types::ValueRef;
+    let mut stmt = conn.prepare("SELECT id, x FROM v ORDER BY id").unwrap();
+    stmt.query_map([], |r| {
+        let exact = match r.get_ref(1)? {
+            ValueRef::Null => "null".to_string(),
+            ValueRef::Integer(i) => format!("integer {i}"),
+            ValueRef::Real(f) => format!("real {:#x}", f.to_bits()),
+            ValueRef::Text(t) => format!("text {t:?}"),
+            ValueRef::Blob(b) => format!("blob {b:?}"),
+        };
+        Ok((r.get(0)?, exact))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+#[test]
+fn hostile_values_keep_their_bits_and_storage_class() {
+    let source = hostile_values();
+    let (sql, _) = dump(&source, &options());
+    assert_eq!(exact_values(&restore(&sql)), exact_values(&source));
+    assert!(sql.contains(",9e999)") && sql.contains(",-9e999)"));
+    assert!(!sql.contains('\0') && !sql.contains('\r'), "control characters must not appear raw");
+}
+
+#[test]
+fn hostile_values_restore_through_the_sqlite3_shell() {
+    if std::process::Command::new("sqlite3").arg("-version").output().is_err() {
+        panic!("the sqlite3 shell is a restore client this project supports; install it (make setup does)");
+    }
+    let source = hostile_values();
+    let (sql, _) = dump(&source, &options());
+    let dir = std::env::temp_dir().join(format!("d1-backup-shell-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("restored.db");
+    let _ = std::fs::remove_file(&db);
+    let mut child = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    let restored = Connection::open(&db).unwrap();
+    assert_eq!(exact_values(&restored), exact_values(&source));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -17,7 +17,7 @@ pub mod sql;
 use crate::ports::{ByteSink, PortError, SqlSource};
 use chrono::{DateTime, SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
-use sql::{comment_safe, ident, string_literal};
+use sql::{comment_safe, ident, literal_expr, string_literal};
 use std::fmt;
 
 pub const DUMP_FORMAT_VERSION: u32 = 1;
@@ -212,8 +212,8 @@ fn page_query(table: &TablePlan, after: Option<&[String]>, limit: u32) -> String
     };
     let select: Vec<String> = key_columns
         .iter()
-        .map(|k| format!("quote({k})"))
-        .chain(table.columns.iter().map(|c| format!("quote({})", ident(c))))
+        .map(|k| literal_expr(k))
+        .chain(table.columns.iter().map(|c| literal_expr(&ident(c))))
         .collect();
     let filter = match after {
         None => String::new(),

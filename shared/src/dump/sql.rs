@@ -10,6 +10,31 @@ pub fn string_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// A SQL expression, evaluated by SQLite itself, that turns `column` (an identifier or key
+/// expression) into an exact SQL literal for every storage class.
+///
+/// `quote()` alone is exact for INTEGER, BLOB and NULL and for finite REALs, but not for:
+/// - ±infinity, which some SQLite versions quote as `Inf` (not importable): written `9e999`;
+/// - TEXT with NUL (`quote()` stops at the NUL) or other control characters (the sqlite3 shell
+///   drops a CR before LF inside literals): written as `CAST(X'<utf-8 hex>' AS TEXT)`, an
+///   expression that restores the same bytes through every client.
+pub fn literal_expr(column: &str) -> String {
+    format!(
+        "CASE typeof({c}) \
+           WHEN 'real' THEN CASE \
+             WHEN {c} = 9e999 THEN '9e999' \
+             WHEN {c} = -9e999 THEN '-9e999' \
+             ELSE quote({c}) END \
+           WHEN 'text' THEN CASE \
+             WHEN instr(CAST({c} AS BLOB), X'00') > 0 \
+               OR {c} GLOB ('*[' || char(1) || '-' || char(31) || char(127) || ']*') \
+             THEN 'CAST(X''' || hex({c}) || ''' AS TEXT)' \
+             ELSE quote({c}) END \
+           ELSE quote({c}) END",
+        c = column
+    )
+}
+
 /// A name made safe to stand inside a `--` comment line: control characters (a newline would
 /// end the comment and turn the rest into SQL) are written as `\xNN`.
 pub fn comment_safe(name: &str) -> String {
