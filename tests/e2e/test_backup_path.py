@@ -4,11 +4,11 @@ writes dumps to R2, the metadata database records every run, and a dump restores
 import hashlib
 import sqlite3
 import subprocess
+import time
 from datetime import datetime, timezone
 
 import pytest
 
-from stack import ADMIN_TOKEN
 
 DATABASES = ["chinook", "demo"]
 COMPLETE = b"-- Dump complete:"
@@ -64,7 +64,7 @@ def test_cron_writes_dailies_named_by_the_scheduled_date(stack, tmp_path):
         job = stack.admin("GET", "/status").json()["lastJob"]
         if job and job["trigger"] == "cron":
             break
-        import time; time.sleep(0.5)
+        time.sleep(0.5)
     assert job and job["trigger"] == "cron", job
     assert job["requestedAt"].startswith("2026-03-09T03:00:00")
     job = stack.wait_for_job(job["jobId"])
