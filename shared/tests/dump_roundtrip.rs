@@ -183,3 +183,28 @@ fn hostile_values_restore_through_the_sqlite3_shell() {
     assert_eq!(exact_values(&restored), exact_values(&source));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn autoincrement_counters_continue_where_they_were() {
+    let source = Connection::open_in_memory().unwrap();
+    source
+        .execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT);
+             CREATE TABLE empty_after_deletes (id INTEGER PRIMARY KEY AUTOINCREMENT);
+             INSERT INTO t (v) VALUES ('a'), ('b'), ('c'), ('d');
+             DELETE FROM t WHERE id > 2;
+             INSERT INTO empty_after_deletes DEFAULT VALUES;
+             DELETE FROM empty_after_deletes;",
+        )
+        .unwrap();
+    let (sql, _) = dump(&source, &options());
+    let restored = restore(&sql);
+    for conn in [&source, &restored] {
+        conn.execute_batch("INSERT INTO t (v) VALUES ('next'); INSERT INTO empty_after_deletes DEFAULT VALUES;")
+            .unwrap();
+    }
+    let next = |c: &Connection, sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    assert_eq!(next(&restored, "SELECT max(id) FROM t"), 5);
+    assert_eq!(next(&restored, "SELECT max(id) FROM empty_after_deletes"), 2);
+    assert_same_data(&source, &restored);
+}

@@ -5,7 +5,8 @@
 //! 1. a header of `--` comments (format, tool, database, time) and `PRAGMA defer_foreign_keys`;
 //! 2. every `CREATE TABLE`, then per table a `-- Table: <name>` marker and its rows as
 //!    multi-row `INSERT`s, each statement under D1's statement size limit;
-//! 3. indexes, views and triggers, after all rows so triggers do not fire during a restore;
+//! 3. the AUTOINCREMENT counters (`sqlite_sequence`), then indexes, views and triggers, after
+//!    all rows so triggers do not fire during a restore;
 //! 4. a footer with every table's row count and a `-- Dump complete` line. A dump without its
 //!    footer is incomplete.
 //!
@@ -313,6 +314,31 @@ pub async fn export<S: SqlSource, W: ByteSink>(
         out.write(&format!("\n-- Table: {}\n", comment_safe(&table.name))).await?;
         let rows = export_rows(source, &mut out, table, opts).await?;
         counts.push(TableCount { name: table.name.clone(), rows });
+    }
+
+    // AUTOINCREMENT counters: inserting rows with explicit ids only raises a counter to the
+    // largest id restored, but the source's counter can be higher (rows deleted since), and a
+    // restored database must not hand out those ids again.
+    let has_sequence = !query(
+        source,
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence'",
+    )
+    .await?
+    .is_empty();
+    if has_sequence {
+        let sequences = query(source, "SELECT quote(name), quote(seq) FROM sqlite_sequence ORDER BY name").await?;
+        if !sequences.is_empty() {
+            let mut section = String::from("\n-- AUTOINCREMENT counters\n");
+            for row in &sequences {
+                let (name, seq) = (text(row, 0), text(row, 1));
+                section.push_str(&format!(
+                    "INSERT INTO sqlite_sequence (name, seq) SELECT {name}, 0 \
+                     WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = {name});\n\
+                     UPDATE sqlite_sequence SET seq = {seq} WHERE name = {name};\n"
+                ));
+            }
+            out.write(&section).await?;
+        }
     }
 
     if !plan.after_data.is_empty() {
