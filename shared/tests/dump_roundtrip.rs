@@ -208,3 +208,56 @@ fn autoincrement_counters_continue_where_they_were() {
     assert_eq!(next(&restored, "SELECT max(id) FROM empty_after_deletes"), 2);
     assert_same_data(&source, &restored);
 }
+
+#[test]
+fn rows_larger_than_a_statement_are_inserted_then_appended() {
+    let source = Connection::open_in_memory().unwrap();
+    source
+        .execute_batch(
+            "CREATE TABLE big (id INTEGER PRIMARY KEY, t TEXT, b BLOB, c TEXT, small INTEGER);
+             CREATE TABLE big_kv (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+             CREATE TABLE plain (v);",
+        )
+        .unwrap();
+    let quoted_text: String = "it's ✓ 'quoted' ".repeat(20_000); // ~380 KB with quotes and UTF-8
+    let blob: Vec<u8> = (0..250_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let control_text: String = "line\r\n\0".repeat(30_000);
+    source
+        .execute("INSERT INTO big VALUES (7, ?1, ?2, ?3, 42)", rusqlite::params![quoted_text, blob, control_text])
+        .unwrap();
+    source.execute("INSERT INTO big VALUES (8, 'small', X'00', NULL, 1)", []).unwrap();
+    source.execute("INSERT INTO big_kv VALUES ('a''key', ?1)", rusqlite::params![blob]).unwrap();
+    source.execute("INSERT INTO plain (rowid, v) VALUES (-5, ?1)", rusqlite::params![quoted_text]).unwrap();
+
+    let (sql, _) = dump(&source, &options());
+    let statements: Vec<&str> = sql.split_inclusive(";\n").collect();
+    let longest = statements.iter().map(|s| s.trim_start_matches('\n').len()).max().unwrap();
+    assert!(longest <= 99_000, "a statement of {longest} bytes");
+    assert!(sql.contains("UPDATE \"big\" SET \"t\" = \"t\" || '"));
+    let restored = restore(&sql);
+    assert_same_data(&source, &restored);
+    let rowid = restored.query_row("SELECT rowid FROM plain", [], |r| r.get::<_, i64>(0)).unwrap();
+    assert_eq!(rowid, -5);
+}
+
+#[test]
+fn sparse_and_negative_rowids_survive_without_an_integer_primary_key() {
+    let source = Connection::open_in_memory().unwrap();
+    source
+        .execute_batch(
+            "CREATE TABLE r (v TEXT);
+             INSERT INTO r (rowid, v) VALUES (-9, 'neg'), (3, 'three'), (1000000, 'far');
+             CREATE TABLE shadow (rowid TEXT, v);
+             INSERT INTO shadow (_rowid_, rowid, v) VALUES (-2, 'not the rowid', 1), (40, 'x', 2);",
+        )
+        .unwrap();
+    let (sql, _) = dump(&source, &options());
+    let restored = restore(&sql);
+    let rows = |c: &Connection, sql: &str| -> Vec<(i64, String)> {
+        let mut stmt = c.prepare(sql).unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    };
+    for sql in ["SELECT rowid, v FROM r ORDER BY 1", "SELECT _rowid_, rowid FROM shadow ORDER BY 1"] {
+        assert_eq!(rows(&restored, sql), rows(&source, sql), "{sql}");
+    }
+}

@@ -13,6 +13,7 @@
 //! Rows are read by keyset pagination (rowid, or the primary key of a `WITHOUT ROWID` table),
 //! never `OFFSET`, so every page costs the same however deep into the table it is.
 
+mod oversized;
 pub mod sql;
 
 use crate::ports::{ByteSink, PortError, SqlSource};
@@ -112,8 +113,10 @@ enum PageKey {
 struct TablePlan {
     name: String,
     create_sql: String,
-    /// Columns an INSERT writes: generated columns are computed, never inserted.
-    columns: Vec<String>,
+    /// What an INSERT writes, as SQL identifiers. Generated columns are computed, never
+    /// inserted. A rowid table without an INTEGER PRIMARY KEY gets its rowid alias first, so
+    /// sparse and negative rowids survive the restore.
+    insert_columns: Vec<String>,
     key: PageKey,
 }
 
@@ -176,13 +179,14 @@ async fn plan_table<S: SqlSource>(
     let info = query(
         source,
         &format!(
-            "SELECT name, hidden, pk FROM pragma_table_xinfo({}) ORDER BY cid",
+            "SELECT name, hidden, pk, upper(type) FROM pragma_table_xinfo({}) ORDER BY cid",
             string_literal(&name)
         ),
     )
     .await?;
-    let columns: Vec<String> =
-        info.iter().filter(|r| text(r, 1) == "0").map(|r| text(r, 0)).collect();
+    let mut insert_columns: Vec<String> =
+        info.iter().filter(|r| text(r, 1) == "0").map(|r| ident(&text(r, 0))).collect();
+    let pk_columns = info.iter().filter(|r| text(r, 2) != "0").count();
     let key = if without_rowid {
         let mut pk: Vec<(u32, String)> = info
             .iter()
@@ -200,9 +204,15 @@ async fn plan_table<S: SqlSource>(
                     "table {name:?} has columns named rowid, _rowid_ and oid, so its rows cannot be paged"
                 ))
             })?;
+        // A lone INTEGER PRIMARY KEY column is the rowid itself and already inserted.
+        let has_integer_primary_key =
+            pk_columns == 1 && info.iter().any(|r| text(r, 2) == "1" && text(r, 3) == "INTEGER");
+        if !has_integer_primary_key {
+            insert_columns.insert(0, alias.to_string());
+        }
         PageKey::Rowid(alias)
     };
-    Ok(TablePlan { name, create_sql, columns, key })
+    Ok(TablePlan { name, create_sql, insert_columns, key })
 }
 
 /// The query for one page of rows: the key columns' literals, then each column's literal.
@@ -214,7 +224,7 @@ fn page_query(table: &TablePlan, after: Option<&[String]>, limit: u32) -> String
     let select: Vec<String> = key_columns
         .iter()
         .map(|k| literal_expr(k))
-        .chain(table.columns.iter().map(|c| literal_expr(&ident(c))))
+        .chain(table.insert_columns.iter().map(|c| literal_expr(c)))
         .collect();
     let filter = match after {
         None => String::new(),
@@ -230,6 +240,17 @@ fn page_query(table: &TablePlan, after: Option<&[String]>, limit: u32) -> String
     )
 }
 
+/// A WHERE condition matching one row by its key literals, in the restored table.
+fn row_filter(table: &TablePlan, key: &[String]) -> String {
+    match &table.key {
+        PageKey::Rowid(alias) => format!("{alias} = {}", key[0]),
+        PageKey::PrimaryKey(cols) => {
+            let cols: Vec<String> = cols.iter().map(|c| ident(c)).collect();
+            format!("({}) = ({})", cols.join(", "), key.join(", "))
+        }
+    }
+}
+
 /// Packs row tuples into multi-row INSERT statements below the size limit.
 struct InsertPacker {
     prefix: String,
@@ -239,12 +260,16 @@ struct InsertPacker {
 
 impl InsertPacker {
     fn new(table: &TablePlan, max_bytes: usize) -> InsertPacker {
-        let columns: Vec<String> = table.columns.iter().map(|c| ident(c)).collect();
         InsertPacker {
-            prefix: format!("INSERT INTO {} ({}) VALUES\n", ident(&table.name), columns.join(",")),
+            prefix: format!("INSERT INTO {} ({}) VALUES\n", ident(&table.name), table.insert_columns.join(",")),
             statement: String::new(),
             max_bytes,
         }
+    }
+
+    /// Whether a statement holding only this tuple stays within the limit.
+    fn fits_alone(&self, tuple: &str) -> bool {
+        self.prefix.len() + tuple.len() + 2 <= self.max_bytes
     }
 
     /// Adds a tuple; returns a finished statement when the tuple did not fit beside it.
@@ -383,11 +408,32 @@ async fn export_rows<S: SqlSource, W: ByteSink>(
         let mut chunk = String::new();
         for row in &page {
             let literal = |i: usize| row.get(i).cloned().flatten().unwrap_or_else(|| "NULL".into());
-            let values: Vec<String> = (key_len..key_len + table.columns.len()).map(literal).collect();
-            if let Some(statement) = packer.push(&format!("({})", values.join(","))) {
-                chunk.push_str(&statement);
+            let values: Vec<String> = (key_len..key_len + table.insert_columns.len()).map(literal).collect();
+            let key: Vec<String> = (0..key_len).map(literal).collect();
+            let tuple = format!("({})", values.join(","));
+            if packer.fits_alone(&tuple) {
+                if let Some(statement) = packer.push(&tuple) {
+                    chunk.push_str(&statement);
+                }
+            } else {
+                chunk.extend(packer.finish());
+                let statements = oversized::split_row(
+                    &packer.prefix,
+                    &ident(&table.name),
+                    &table.insert_columns,
+                    &row_filter(table, &key),
+                    &values,
+                    opts.max_statement_bytes,
+                )
+                .ok_or_else(|| {
+                    DumpError::Unsupported(format!(
+                        "a row of {:?} cannot be split into statements of at most {} bytes",
+                        table.name, opts.max_statement_bytes
+                    ))
+                })?;
+                statements.iter().for_each(|s| chunk.push_str(s));
             }
-            last_key = Some((0..key_len).map(literal).collect());
+            last_key = Some(key);
         }
         rows += page_len as u64;
         if !chunk.is_empty() {
