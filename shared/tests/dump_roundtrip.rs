@@ -328,3 +328,52 @@ fn triggers_views_and_indexes_come_after_the_data() {
     };
     assert_eq!(names, ["item_audit", "live", "live_items", "lower_names"]);
 }
+
+#[test]
+fn fts5_tables_are_recreated_and_refilled_without_their_shadow_tables() {
+    let source = Connection::open_in_memory().unwrap();
+    source
+        .execute_batch(
+            "CREATE VIRTUAL TABLE docs USING fts5(title, body);
+             INSERT INTO docs (rowid, title, body) VALUES (5, 'hello', 'wide world'), (9, 'x', NULL), (-1, 'ünïcode', 'ok');
+             CREATE TABLE src (id INTEGER PRIMARY KEY, t TEXT);
+             INSERT INTO src VALUES (1, 'alpha beta'), (2, 'gamma');
+             CREATE VIRTUAL TABLE ext USING fts5(t, content = 'src', content_rowid = 'id');
+             INSERT INTO ext (ext) VALUES ('rebuild');",
+        )
+        .unwrap();
+    let (sql, summary) = dump(&source, &options());
+    assert!(!sql.contains("docs_data") && !sql.contains("CREATE TABLE 'docs_"), "shadow tables leaked");
+    let names: Vec<&str> = summary.tables.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["docs", "src"]);
+    let restored = restore(&sql);
+    let query = |c: &Connection, sql: &str| -> Vec<i64> {
+        let mut stmt = c.prepare(sql).unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    for q in [
+        "SELECT rowid FROM docs WHERE docs MATCH 'world'",
+        "SELECT rowid FROM docs ORDER BY rowid",
+        "SELECT rowid FROM ext WHERE ext MATCH 'beta'",
+    ] {
+        assert_eq!(query(&restored, q), query(&source, q), "{q}");
+    }
+    assert_eq!(query(&restored, "SELECT rowid FROM ext WHERE ext MATCH 'beta'"), [1]);
+    let check: i64 = restored
+        .query_row("SELECT count(*) FROM (SELECT 1 FROM docs WHERE docs MATCH 'hello')", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, 1);
+}
+
+#[test]
+fn contentless_fts5_and_other_virtual_tables_are_refused_clearly() {
+    for create in [
+        "CREATE VIRTUAL TABLE c USING fts5(t, content='')",
+        "CREATE VIRTUAL TABLE r USING rtree(id, x0, x1)",
+    ] {
+        let source = Connection::open_in_memory().unwrap();
+        source.execute_batch(create).unwrap();
+        let err = block_on(export(&mut RusqliteSource::new(&source), &mut Vec::new(), &options())).unwrap_err();
+        assert!(matches!(err, shared::dump::DumpError::Unsupported(_)), "{create}: {err}");
+    }
+}

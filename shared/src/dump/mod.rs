@@ -120,9 +120,39 @@ struct TablePlan {
     key: PageKey,
 }
 
+/// Where an FTS5 table's values live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fts5Content {
+    /// In the table itself: its rows are exported like any table's.
+    Own,
+    /// In another table (`content='t'`): the index is rebuilt after that table's rows.
+    External,
+    /// Nowhere (`content=''`): only the index exists.
+    Contentless,
+}
+
+/// `Some` for an FTS5 table, with where its values live; `None` for other virtual tables.
+fn fts5_content(create_sql: &str) -> Option<Fts5Content> {
+    let compact: String = create_sql.to_ascii_lowercase().chars().filter(|c| !c.is_whitespace()).collect();
+    if !compact.contains("usingfts5(") {
+        return None;
+    }
+    Some(if compact.contains("content=''") || compact.contains("content=\"\"") {
+        Fts5Content::Contentless
+    } else if compact.contains("content=") {
+        Fts5Content::External
+    } else {
+        Fts5Content::Own
+    })
+}
+
 #[derive(Debug, Clone)]
 struct SchemaPlan {
     tables: Vec<TablePlan>,
+    /// `CREATE VIRTUAL TABLE` of external-content FTS5 tables, which hold no rows of their own.
+    virtual_without_rows: Vec<String>,
+    /// Statements rebuilding external-content FTS5 indexes once every row is in.
+    fts_rebuilds: Vec<String>,
     /// Indexes, views and triggers, in creation order.
     after_data: Vec<String>,
 }
@@ -149,7 +179,12 @@ async fn plan_schema<S: SqlSource>(source: &mut S) -> Result<SchemaPlan, DumpErr
     )
     .await?;
 
-    let mut plan = SchemaPlan { tables: Vec::new(), after_data: Vec::new() };
+    let mut plan = SchemaPlan {
+        tables: Vec::new(),
+        virtual_without_rows: Vec::new(),
+        fts_rebuilds: Vec::new(),
+        after_data: Vec::new(),
+    };
     for row in objects {
         let (kind, name, create_sql, table_type) = (text(&row, 0), text(&row, 1), text(&row, 2), text(&row, 3));
         let without_rowid = text(&row, 4) == "1";
@@ -158,10 +193,33 @@ async fn plan_schema<S: SqlSource>(source: &mut S) -> Result<SchemaPlan, DumpErr
                 let table = plan_table(source, name, create_sql, without_rowid).await?;
                 plan.tables.push(table);
             }
+            // FTS5 keeps its index in shadow tables; recreating the virtual table recreates
+            // them, and its rows (or a rebuild) refill them.
+            "table" if table_type == "shadow" => {}
+            "table" if table_type == "virtual" => match fts5_content(&create_sql) {
+                Some(Fts5Content::Own) => {
+                    plan.tables.push(plan_table(source, name, create_sql, false).await?);
+                }
+                Some(Fts5Content::External) => {
+                    plan.fts_rebuilds.push(format!(
+                        "INSERT INTO {t} ({t}) VALUES ('rebuild');",
+                        t = ident(&name)
+                    ));
+                    plan.virtual_without_rows.push(create_sql);
+                }
+                Some(Fts5Content::Contentless) => {
+                    return Err(DumpError::Unsupported(format!(
+                        "contentless FTS5 table {name:?} keeps no values to export"
+                    )))
+                }
+                None => {
+                    return Err(DumpError::Unsupported(format!(
+                        "virtual table {name:?} is not FTS5; only FTS5 virtual tables are exported"
+                    )))
+                }
+            },
             "table" => {
-                return Err(DumpError::Unsupported(format!(
-                    "{table_type} table {name:?} is not supported by this exporter yet"
-                )))
+                return Err(DumpError::Unsupported(format!("table {name:?} of type {table_type:?}")))
             }
             _ => plan.after_data.push(create_sql),
         }
@@ -329,8 +387,8 @@ pub async fn export<S: SqlSource, W: ByteSink>(
     // INSERT into a child table fails outright while its parent table does not exist yet, even
     // with the checks themselves deferred.
     let mut schema = String::from("\n-- Tables\n");
-    for table in &plan.tables {
-        schema.push_str(&format!("{};\n", table.create_sql));
+    for create_sql in plan.tables.iter().map(|t| &t.create_sql).chain(&plan.virtual_without_rows) {
+        schema.push_str(&format!("{create_sql};\n"));
     }
     out.write(&schema).await?;
 
@@ -364,6 +422,10 @@ pub async fn export<S: SqlSource, W: ByteSink>(
             }
             out.write(&section).await?;
         }
+    }
+
+    if !plan.fts_rebuilds.is_empty() {
+        out.write(&format!("\n-- Full-text indexes over other tables\n{}\n", plan.fts_rebuilds.join("\n"))).await?;
     }
 
     if !plan.after_data.is_empty() {
