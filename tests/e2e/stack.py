@@ -45,10 +45,13 @@ class Stack:
 
     def start(self, timeout: float = 120.0) -> "Stack":
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
+        prepared = subprocess.run(
             [str(ROOT / "scripts/local-stack.sh"), "prepare", str(self.state_dir)],
-            cwd=ROOT, check=True, capture_output=True, timeout=300,
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
         )
+        if prepared.returncode != 0:
+            raise RuntimeError(f"preparing the stack failed (is Node 22 first on PATH? run through make):\n"
+                               f"{prepared.stdout[-3000:]}{prepared.stderr[-3000:]}")
         log = open(self.log_path, "wb")
         # A session of its own: teardown signals the whole group (wrangler, workerd, esbuild).
         self.process = subprocess.Popen(
@@ -160,9 +163,15 @@ class Stack:
 
     def d1_query(self, database: str, sql: str) -> list[dict]:
         """Runs SQL on a local D1 database with `wrangler d1 execute`."""
-        out = self.wrangler("d1", "execute", database, "--local", "--json", "--command", sql,
-                            config="consumer/wrangler.toml")
-        return json.loads(out.stdout)[0]["results"]
+        return self.d1_queries(database, [sql])[0]
+
+    def d1_queries(self, database: str, sqls: list[str], config: str = "consumer/wrangler.toml") -> list[list[dict]]:
+        """Runs several statements in one `wrangler d1 execute`; one result list each."""
+        out = self.wrangler("d1", "execute", database, "--local", "--json", "--command",
+                            ";\n".join(sqls), config=config)
+        results = [r["results"] for r in json.loads(out.stdout)]
+        assert len(results) == len(sqls), out.stdout[:2000]
+        return results
 
 
 def group_alive(pgid: int) -> bool:
@@ -177,3 +186,34 @@ def group_alive(pgid: int) -> bool:
 
 if __name__ == "__main__":
     print("run through pytest", file=sys.stderr)
+
+
+def exact_rows_sql(table: str, columns: list[str], with_rowid: bool) -> str:
+    """SQL listing a table's rows exactly, in a stable order, the same whatever SQLite version
+    runs it: per column its storage class with the hex of its bytes (infinities named), and
+    for a finite REAL the value itself (a double, exact in JSON and in Python). Formatting a
+    REAL as text would differ between SQLite versions."""
+    def q(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+    parts = ["rowid"] if with_rowid else []
+    for c in columns:
+        c = q(c)
+        parts.append(f"typeof({c}) || ':' || CASE typeof({c}) WHEN 'real' THEN "
+                     f"CASE WHEN {c} = 9e999 THEN 'inf' WHEN {c} = -9e999 THEN '-inf' ELSE '' END "
+                     f"ELSE hex({c}) END")
+        parts.append(f"CASE WHEN typeof({c}) = 'real' AND abs({c}) < 9e999 THEN {c} END")
+    order = ", ".join(str(i + 1) for i in range(len(parts)))
+    return f"SELECT {', '.join(parts)} FROM {q(table)} ORDER BY {order}"
+
+
+def scratch_d1_config(directory: Path, name: str) -> Path:
+    """A wrangler config with one fresh local D1 database, to restore into."""
+    import uuid
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / f"{name}.toml"
+    config.write_text(
+        f'name = "{name}"\ncompatibility_date = "2025-11-01"\n\n'
+        f'[[d1_databases]]\nbinding = "SCRATCH"\ndatabase_name = "{name}"\n'
+        f'database_id = "{uuid.uuid4()}"\n'
+    )
+    return config

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 
-DATABASES = ["chinook", "demo"]
+DATABASES = ["chinook", "demo", "hostile"]
 COMPLETE = b"-- Dump complete:"
 
 
