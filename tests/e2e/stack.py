@@ -154,13 +154,6 @@ class Stack:
         self.wrangler("r2", "object", "get", f"d1-backups/{key}", "--local", "--file", str(dest))
         return dest.read_bytes()
 
-    def r2_exists(self, key: str, dest: Path) -> bool:
-        try:
-            self.r2_get(key, dest)
-            return True
-        except subprocess.CalledProcessError:
-            return False
-
     def d1_query(self, database: str, sql: str) -> list[dict]:
         """Runs SQL on a local D1 database with `wrangler d1 execute`."""
         return self.d1_queries(database, [sql])[0]

@@ -91,3 +91,11 @@ def test_chinook_restores_exactly_through_both_clients(stack, tmp_path):
     dump, shell_db, restored, config = restore_both_ways(stack, "chinook", tmp_path)
     tables, _ = compare_all_tables(stack, "chinook", shell_db, restored, config)
     assert len(tables) == 11
+    # One row of scalar subqueries: D1 caps the terms of a compound SELECT (UNION ALL).
+    counts_sql = "SELECT " + ", ".join(f'(SELECT count(*) FROM "{t}") AS "{t}"' for t in tables)
+    (source_counts,) = stack.d1_query("chinook", counts_sql)
+    with sqlite3.connect(shell_db) as db:
+        shell_counts = {t: db.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+    (d1_counts,) = stack.d1_queries(restored, [counts_sql], config=config)[0]
+    assert shell_counts == source_counts == d1_counts
+    assert source_counts["Track"] == 3503
