@@ -4,12 +4,14 @@
 //! implement the traits in [`ports`] over D1 and R2 and hand over to this code, so every
 //! behaviour is tested natively (against rusqlite and in-memory stores) before it runs in workerd.
 
+pub mod backup;
 pub mod config;
 pub mod dump;
 pub mod keys;
 pub mod message;
 pub mod ports;
 pub mod state;
+pub mod sha256;
 pub mod trigger;
 
 /// Version of this tool, written into every dump header.

@@ -3,6 +3,8 @@
 
 #![allow(async_fn_in_trait)] // Workers are single-threaded: the futures need not be Send.
 
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// An error from the platform behind a port (D1, R2, ...), carried as its message.
@@ -24,6 +26,23 @@ impl std::error::Error for PortError {}
 /// JavaScript double on its way into the dump.
 pub trait SqlSource {
     async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PortError>;
+
+    /// The D1 bookmark of the state the queries so far have read (pair it with Time Travel),
+    /// when the source has one.
+    fn bookmark(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Milliseconds since the Unix epoch: budgets are measured against it.
+pub trait Clock {
+    fn now_millis(&self) -> i64;
+}
+
+impl<F: Fn() -> i64> Clock for F {
+    fn now_millis(&self) -> i64 {
+        self()
+    }
 }
 
 /// Where a dump's bytes go, in order.
@@ -37,4 +56,34 @@ impl ByteSink for Vec<u8> {
         self.extend_from_slice(bytes);
         Ok(())
     }
+}
+
+/// How an object is described when stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub content_type: String,
+    /// Custom metadata (R2 `customMetadata`).
+    pub custom: BTreeMap<String, String>,
+}
+
+/// A part of a multipart upload, as the completion needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadedPart {
+    pub number: u16,
+    pub etag: String,
+}
+
+/// An object store with multipart uploads (R2 in the Worker, memory in tests).
+pub trait ObjectStore {
+    async fn put(&mut self, key: &str, bytes: Vec<u8>, info: &ObjectInfo) -> Result<(), PortError>;
+    /// The whole object, or `None` if there is none at `key`. Only for small objects.
+    async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, PortError>;
+    async fn delete(&mut self, key: &str) -> Result<(), PortError>;
+    /// Starts a multipart upload; returns its id.
+    async fn create_multipart(&mut self, key: &str, info: &ObjectInfo) -> Result<String, PortError>;
+    /// Uploads (or replaces) part `number`; returns its etag.
+    async fn upload_part(&mut self, key: &str, upload_id: &str, number: u16, bytes: Vec<u8>) -> Result<String, PortError>;
+    /// Joins the parts into the object at `key`, which only now becomes visible.
+    async fn complete_multipart(&mut self, key: &str, upload_id: &str, parts: &[UploadedPart]) -> Result<(), PortError>;
+    async fn abort_multipart(&mut self, key: &str, upload_id: &str) -> Result<(), PortError>;
 }

@@ -16,10 +16,10 @@
 mod oversized;
 pub mod sql;
 
-use crate::ports::{ByteSink, PortError, SqlSource};
+use crate::ports::{ByteSink, Clock, PortError, SqlSource};
 use chrono::{DateTime, SecondsFormat, Utc};
-use sha2::{Digest, Sha256};
-use sql::{comment_safe, ident, literal_expr, string_literal};
+use serde::{Deserialize, Serialize};
+use sql::{comment_safe, ident, literal_expr};
 use std::fmt;
 
 pub const DUMP_FORMAT_VERSION: u32 = 1;
@@ -31,8 +31,11 @@ pub const COMPLETE_MARKER: &str = "-- Dump complete:";
 pub struct DumpOptions {
     pub database: String,
     pub created_at: DateTime<Utc>,
-    /// Rows fetched per query.
+    /// Most rows fetched per query. Pages shrink below this when rows are large, so one page
+    /// stays near [`DumpOptions::page_target_bytes`] whatever the rows hold.
     pub rows_per_query: u32,
+    /// The size a page of literals aims for: what bounds the exporter's memory.
+    pub page_target_bytes: usize,
     /// Upper bound for one INSERT statement, in bytes (D1 refuses statements over 100,000).
     pub max_statement_bytes: usize,
 }
@@ -43,24 +46,42 @@ impl DumpOptions {
             database: database.to_owned(),
             created_at,
             rows_per_query: 500,
+            page_target_bytes: 4 * 1024 * 1024,
             max_statement_bytes: 99_000,
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Rows asked for in the first page of each table, before the size of its rows is known.
+const FIRST_PAGE_ROWS: u32 = 32;
+
+/// How much one export step may do before it saves its cursor and stops. A step always makes
+/// some progress (at least one page), then stops at the first page boundary past a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepBudget {
+    /// Queries to the source database.
+    pub max_queries: u32,
+    /// Bytes of SQL produced.
+    pub max_bytes: u64,
+    /// Wall-clock time, in milliseconds.
+    pub max_millis: u64,
+}
+
+impl StepBudget {
+    pub const UNLIMITED: StepBudget = StepBudget { max_queries: u32::MAX, max_bytes: u64::MAX, max_millis: u64::MAX };
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableCount {
     pub name: String,
     pub rows: u64,
 }
 
+/// What a finished export wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DumpSummary {
+pub struct ExportTotals {
     pub tables: Vec<TableCount>,
     pub rows: u64,
-    pub bytes: u64,
-    /// Lowercase hex SHA-256 of the whole dump.
-    pub sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,31 +106,79 @@ impl fmt::Display for DumpError {
 
 impl std::error::Error for DumpError {}
 
-/// Counts and hashes every byte on its way to the sink.
-struct HashingWriter<'a, W: ByteSink> {
-    sink: &'a mut W,
-    hasher: Sha256,
+/// Where an export stands between two steps: everything the next step needs, and nothing that
+/// grows with the data (the schema plan, the key of the last row written, counters).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportCursor {
+    plan: SchemaPlan,
+    position: Position,
+    /// Rows written so far, per table of the plan.
+    counts: Vec<u64>,
+    /// Length of the INSERT statement left open by the last row written (0: none). The next
+    /// row continues it or closes it exactly as an export without the pause would have.
+    open_statement_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum Position {
+    /// Rows of `plan.tables[table]`, after the row whose key literals are `after`.
+    Rows { table: usize, after: Option<Vec<String>>, page_rows: u32 },
+    /// Counters, indexes, views, triggers and the footer.
+    Tail,
+}
+
+/// Where an export step left off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportProgress {
+    /// A budget ran out: continue with this cursor.
+    Paused(ExportCursor),
+    /// The footer is written.
+    Finished(ExportTotals),
+}
+
+/// Counts what one step has spent against its budget.
+struct Meter<'a, S: SqlSource, C: Clock> {
+    source: &'a mut S,
+    clock: &'a C,
+    budget: StepBudget,
+    started_at: i64,
+    queries: u32,
     bytes: u64,
 }
 
-impl<W: ByteSink> HashingWriter<'_, W> {
-    async fn write(&mut self, text: &str) -> Result<(), DumpError> {
-        self.hasher.update(text.as_bytes());
+impl<S: SqlSource, C: Clock> Meter<'_, S, C> {
+    async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, DumpError> {
+        self.queries += 1;
+        self.source.query(sql).await.map_err(DumpError::Source)
+    }
+
+    async fn write<W: ByteSink>(&mut self, sink: &mut W, text: &str) -> Result<(), DumpError> {
         self.bytes += text.len() as u64;
-        self.sink.write(text.as_bytes()).await.map_err(DumpError::Sink)
+        sink.write(text.as_bytes()).await.map_err(DumpError::Sink)
+    }
+
+    fn exhausted(&self) -> bool {
+        let elapsed = self.clock.now_millis().saturating_sub(self.started_at).max(0) as u64;
+        self.queries >= self.budget.max_queries
+            || self.bytes >= self.budget.max_bytes
+            || elapsed >= self.budget.max_millis
     }
 }
 
 /// How a table's rows are paged.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 enum PageKey {
     /// By rowid, through whichever of `rowid`, `_rowid_`, `oid` no column shadows.
-    Rowid(&'static str),
+    Rowid(String),
     /// By the primary key columns, in key order (`WITHOUT ROWID` tables).
     PrimaryKey(Vec<String>),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct TablePlan {
     name: String,
     create_sql: String,
@@ -146,8 +215,11 @@ fn fts5_content(create_sql: &str) -> Option<Fts5Content> {
     })
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct SchemaPlan {
+    /// The D1 bookmark read with the schema, for the header.
+    bookmark: Option<String>,
     tables: Vec<TablePlan>,
     /// `CREATE VIRTUAL TABLE` of external-content FTS5 tables, which hold no rows of their own.
     virtual_without_rows: Vec<String>,
@@ -155,50 +227,86 @@ struct SchemaPlan {
     fts_rebuilds: Vec<String>,
     /// Indexes, views and triggers, in creation order.
     after_data: Vec<String>,
-}
-
-async fn query<S: SqlSource>(source: &mut S, sql: &str) -> Result<Vec<Vec<Option<String>>>, DumpError> {
-    source.query(sql).await.map_err(DumpError::Source)
+    /// Whether the database has AUTOINCREMENT counters to restore.
+    has_sequence: bool,
 }
 
 fn text(row: &[Option<String>], i: usize) -> String {
     row.get(i).cloned().flatten().unwrap_or_default()
 }
 
-async fn plan_schema<S: SqlSource>(source: &mut S) -> Result<SchemaPlan, DumpError> {
+/// A column as `pragma_table_xinfo` describes it.
+struct ColumnInfo {
+    name: String,
+    /// 0 ordinary, 1 hidden (virtual tables), 2 generated VIRTUAL, 3 generated STORED.
+    hidden: String,
+    /// Position in the primary key, 0 when not part of it.
+    pk: u32,
+    declared_type: String,
+}
+
+/// Reads the whole schema in one query, so planning costs one query of the step's budget
+/// however many tables there are.
+async fn plan_schema<S: SqlSource, C: Clock>(meter: &mut Meter<'_, S, C>) -> Result<SchemaPlan, DumpError> {
     // `pragma_table_list` tells plain tables from virtual and shadow tables and marks
-    // WITHOUT ROWID ones; sqlite_master holds the SQL, in creation order.
-    let objects = query(
-        source,
-        "SELECT m.type, m.name, m.sql, coalesce(t.type, ''), coalesce(t.wr, 0) \
-         FROM sqlite_master AS m LEFT JOIN pragma_table_list AS t \
-           ON t.schema = 'main' AND t.name = m.name AND m.type = 'table' \
-         WHERE m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND m.name NOT LIKE '\\_cf\\_%' ESCAPE '\\' \
-           AND m.sql IS NOT NULL \
-         ORDER BY m.rowid",
-    )
-    .await?;
+    // WITHOUT ROWID ones; sqlite_master holds the SQL, in creation order; `pragma_table_xinfo`
+    // lists each table's columns, generated and hidden ones included.
+    let rows = meter
+        .query(
+            "SELECT m.type, m.name, m.sql, coalesce(t.type, ''), coalesce(t.wr, 0), \
+                    x.name, x.hidden, x.pk, upper(x.type), \
+                    (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence') \
+             FROM sqlite_master AS m \
+             LEFT JOIN pragma_table_list AS t \
+               ON t.schema = 'main' AND t.name = m.name AND m.type = 'table' \
+             LEFT JOIN pragma_table_xinfo(m.name) AS x \
+               ON m.type = 'table' AND t.type IN ('table', 'virtual') \
+             WHERE m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND m.name NOT LIKE '\\_cf\\_%' ESCAPE '\\' \
+               AND m.sql IS NOT NULL \
+             ORDER BY m.rowid, x.cid",
+        )
+        .await?;
 
     let mut plan = SchemaPlan {
+        bookmark: meter.source.bookmark(),
         tables: Vec::new(),
         virtual_without_rows: Vec::new(),
         fts_rebuilds: Vec::new(),
         after_data: Vec::new(),
+        has_sequence: rows.first().is_some_and(|r| text(r, 9) != "0"),
     };
-    for row in objects {
-        let (kind, name, create_sql, table_type) = (text(&row, 0), text(&row, 1), text(&row, 2), text(&row, 3));
-        let without_rowid = text(&row, 4) == "1";
+    // Rows come grouped by object, one per column (one for an object without columns).
+    let mut i = 0;
+    while i < rows.len() {
+        let (kind, name) = (text(&rows[i], 0), text(&rows[i], 1));
+        let mut end = i + 1;
+        while end < rows.len() && text(&rows[end], 0) == kind && text(&rows[end], 1) == name {
+            end += 1;
+        }
+        let object = &rows[i..end];
+        i = end;
+        let (create_sql, table_type) = (text(&object[0], 2), text(&object[0], 3));
+        let without_rowid = text(&object[0], 4) == "1";
+        let columns: Vec<ColumnInfo> = object
+            .iter()
+            .filter(|r| r.get(5).is_some_and(Option::is_some))
+            .map(|r| ColumnInfo {
+                name: text(r, 5),
+                hidden: text(r, 6),
+                pk: text(r, 7).parse().unwrap_or(0),
+                declared_type: text(r, 8),
+            })
+            .collect();
         match kind.as_str() {
             "table" if table_type == "table" => {
-                let table = plan_table(source, name, create_sql, without_rowid).await?;
-                plan.tables.push(table);
+                plan.tables.push(plan_table(name, create_sql, without_rowid, &columns)?);
             }
             // FTS5 keeps its index in shadow tables; recreating the virtual table recreates
             // them, and its rows (or a rebuild) refill them.
             "table" if table_type == "shadow" => {}
             "table" if table_type == "virtual" => match fts5_content(&create_sql) {
                 Some(Fts5Content::Own) => {
-                    plan.tables.push(plan_table(source, name, create_sql, false).await?);
+                    plan.tables.push(plan_table(name, create_sql, false, &columns)?);
                 }
                 Some(Fts5Content::External) => {
                     plan.fts_rebuilds.push(format!(
@@ -227,33 +335,21 @@ async fn plan_schema<S: SqlSource>(source: &mut S) -> Result<SchemaPlan, DumpErr
     Ok(plan)
 }
 
-async fn plan_table<S: SqlSource>(
-    source: &mut S,
+fn plan_table(
     name: String,
     create_sql: String,
     without_rowid: bool,
+    columns: &[ColumnInfo],
 ) -> Result<TablePlan, DumpError> {
-    // hidden: 0 ordinary, 1 hidden (virtual tables), 2 generated VIRTUAL, 3 generated STORED.
-    let info = query(
-        source,
-        &format!(
-            "SELECT name, hidden, pk, upper(type) FROM pragma_table_xinfo({}) ORDER BY cid",
-            string_literal(&name)
-        ),
-    )
-    .await?;
     let mut insert_columns: Vec<String> =
-        info.iter().filter(|r| text(r, 1) == "0").map(|r| ident(&text(r, 0))).collect();
-    let pk_columns = info.iter().filter(|r| text(r, 2) != "0").count();
+        columns.iter().filter(|c| c.hidden == "0").map(|c| ident(&c.name)).collect();
     let key = if without_rowid {
-        let mut pk: Vec<(u32, String)> = info
-            .iter()
-            .filter_map(|r| text(r, 2).parse::<u32>().ok().filter(|n| *n > 0).map(|n| (n, text(r, 0))))
-            .collect();
+        let mut pk: Vec<(u32, String)> =
+            columns.iter().filter(|c| c.pk > 0).map(|c| (c.pk, c.name.clone())).collect();
         pk.sort();
         PageKey::PrimaryKey(pk.into_iter().map(|(_, c)| c).collect())
     } else {
-        let shadowed = |alias: &str| info.iter().any(|r| text(r, 0).eq_ignore_ascii_case(alias));
+        let shadowed = |alias: &str| columns.iter().any(|c| c.name.eq_ignore_ascii_case(alias));
         let alias = ["rowid", "_rowid_", "oid"]
             .into_iter()
             .find(|a| !shadowed(a))
@@ -263,20 +359,30 @@ async fn plan_table<S: SqlSource>(
                 ))
             })?;
         // A lone INTEGER PRIMARY KEY column is the rowid itself and already inserted.
+        let pk_columns = columns.iter().filter(|c| c.pk > 0).count();
         let has_integer_primary_key =
-            pk_columns == 1 && info.iter().any(|r| text(r, 2) == "1" && text(r, 3) == "INTEGER");
+            pk_columns == 1 && columns.iter().any(|c| c.pk == 1 && c.declared_type == "INTEGER");
         if !has_integer_primary_key {
             insert_columns.insert(0, alias.to_string());
         }
-        PageKey::Rowid(alias)
+        PageKey::Rowid(alias.to_string())
     };
     Ok(TablePlan { name, create_sql, insert_columns, key })
+}
+
+impl TablePlan {
+    fn key_len(&self) -> usize {
+        match &self.key {
+            PageKey::Rowid(_) => 1,
+            PageKey::PrimaryKey(cols) => cols.len(),
+        }
+    }
 }
 
 /// The query for one page of rows: the key columns' literals, then each column's literal.
 fn page_query(table: &TablePlan, after: Option<&[String]>, limit: u32) -> String {
     let key_columns: Vec<String> = match &table.key {
-        PageKey::Rowid(alias) => vec![alias.to_string()],
+        PageKey::Rowid(alias) => vec![alias.clone()],
         PageKey::PrimaryKey(cols) => cols.iter().map(|c| ident(c)).collect(),
     };
     let select: Vec<String> = key_columns
@@ -309,18 +415,19 @@ fn row_filter(table: &TablePlan, key: &[String]) -> String {
     }
 }
 
-/// Packs row tuples into multi-row INSERT statements below the size limit.
+/// Packs row tuples into multi-row INSERT statements below the size limit, writing as it
+/// goes: its only state is the length of the statement left open, which a cursor can carry.
 struct InsertPacker {
     prefix: String,
-    statement: String,
+    open_bytes: usize,
     max_bytes: usize,
 }
 
 impl InsertPacker {
-    fn new(table: &TablePlan, max_bytes: usize) -> InsertPacker {
+    fn new(table: &TablePlan, open_bytes: usize, max_bytes: usize) -> InsertPacker {
         InsertPacker {
             prefix: format!("INSERT INTO {} ({}) VALUES\n", ident(&table.name), table.insert_columns.join(",")),
-            statement: String::new(),
+            open_bytes,
             max_bytes,
         }
     }
@@ -330,183 +437,240 @@ impl InsertPacker {
         self.prefix.len() + tuple.len() + 2 <= self.max_bytes
     }
 
-    /// Adds a tuple; returns a finished statement when the tuple did not fit beside it.
-    fn push(&mut self, tuple: &str) -> Option<String> {
-        let finished = if !self.statement.is_empty()
-            && self.statement.len() + 2 + tuple.len() + 2 > self.max_bytes
-        {
-            self.finish()
-        } else {
-            None
-        };
-        if self.statement.is_empty() {
-            self.statement.push_str(&self.prefix);
-        } else {
-            self.statement.push_str(",\n");
+    /// Appends a tuple to the open statement, or closes it and opens the next one.
+    fn push(&mut self, tuple: &str, out: &mut String) {
+        if self.open_bytes > 0 && self.open_bytes + 2 + tuple.len() + 2 > self.max_bytes {
+            self.finish(out);
         }
-        self.statement.push_str(tuple);
-        finished
+        if self.open_bytes == 0 {
+            out.push_str(&self.prefix);
+            self.open_bytes = self.prefix.len();
+        } else {
+            out.push_str(",\n");
+            self.open_bytes += 2;
+        }
+        out.push_str(tuple);
+        self.open_bytes += tuple.len();
     }
 
-    fn finish(&mut self) -> Option<String> {
-        if self.statement.is_empty() {
-            return None;
+    fn finish(&mut self, out: &mut String) {
+        if self.open_bytes > 0 {
+            out.push_str(";\n");
+            self.open_bytes = 0;
         }
-        let mut done = std::mem::take(&mut self.statement);
-        done.push_str(";\n");
-        Some(done)
     }
 }
 
-fn header(opts: &DumpOptions) -> String {
+fn header(opts: &DumpOptions, bookmark: Option<&str>) -> String {
     format!(
         "-- d1-backup SQL dump\n\
          -- format: {DUMP_FORMAT_VERSION}\n\
          -- tool: d1-backup {}\n\
          -- database: {}\n\
          -- created: {}\n\
+         -- bookmark: {}\n\
          -- Restore: wrangler d1 execute <db> --remote --file <this file>, or sqlite3 <file.db> < <this file>\n\
          PRAGMA defer_foreign_keys = on;\n",
         crate::TOOL_VERSION,
         comment_safe(&opts.database),
         opts.created_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        bookmark.map(comment_safe).unwrap_or_else(|| "unavailable".into()),
     )
 }
 
-/// Exports the whole database to `sink` and returns what was written.
+/// Exports the whole database to `sink` in one go.
 pub async fn export<S: SqlSource, W: ByteSink>(
     source: &mut S,
     sink: &mut W,
     opts: &DumpOptions,
-) -> Result<DumpSummary, DumpError> {
-    let mut out = HashingWriter { sink, hasher: Sha256::new(), bytes: 0 };
-    out.write(&header(opts)).await?;
+) -> Result<ExportTotals, DumpError> {
+    match export_step(source, sink, &|| 0, opts, StepBudget::UNLIMITED, None).await? {
+        ExportProgress::Finished(totals) => Ok(totals),
+        ExportProgress::Paused(_) => unreachable!("an unlimited budget never pauses"),
+    }
+}
 
-    let plan = plan_schema(source).await?;
+/// Exports from `cursor` (or from the start) until the dump is finished or `budget` runs out.
+///
+/// The bytes written do not depend on where steps pause: the steps of an export, concatenated,
+/// are byte for byte the dump a single step writes.
+pub async fn export_step<S: SqlSource, W: ByteSink, C: Clock>(
+    source: &mut S,
+    sink: &mut W,
+    clock: &C,
+    opts: &DumpOptions,
+    budget: StepBudget,
+    cursor: Option<ExportCursor>,
+) -> Result<ExportProgress, DumpError> {
+    let mut meter = Meter { source, clock, budget, started_at: clock.now_millis(), queries: 0, bytes: 0 };
+    let mut cursor = match cursor {
+        Some(cursor) => cursor,
+        None => begin(&mut meter, sink, opts).await?,
+    };
+
+    loop {
+        // Every step does something before it may pause, so an export always advances.
+        if meter.queries > 0 && meter.exhausted() {
+            return Ok(ExportProgress::Paused(cursor));
+        }
+        match cursor.position {
+            Position::Rows { .. } => export_page(&mut meter, sink, &mut cursor, opts).await?,
+            Position::Tail => return finish(&mut meter, sink, &cursor).await,
+        }
+    }
+}
+
+/// Plans the schema and writes the header and every `CREATE TABLE`.
+async fn begin<S: SqlSource, C: Clock, W: ByteSink>(
+    meter: &mut Meter<'_, S, C>,
+    sink: &mut W,
+    opts: &DumpOptions,
+) -> Result<ExportCursor, DumpError> {
+    let plan = plan_schema(meter).await?;
+    let mut start = header(opts, plan.bookmark.as_deref());
     // Every table exists before any row goes in: with foreign keys enforced (always, in D1) an
     // INSERT into a child table fails outright while its parent table does not exist yet, even
     // with the checks themselves deferred.
-    let mut schema = String::from("\n-- Tables\n");
+    start.push_str("\n-- Tables\n");
     for create_sql in plan.tables.iter().map(|t| &t.create_sql).chain(&plan.virtual_without_rows) {
-        schema.push_str(&format!("{create_sql};\n"));
+        start.push_str(&format!("{create_sql};\n"));
     }
-    out.write(&schema).await?;
+    let position = if plan.tables.is_empty() {
+        Position::Tail
+    } else {
+        start.push_str(&table_marker(&plan.tables[0]));
+        Position::Rows { table: 0, after: None, page_rows: FIRST_PAGE_ROWS }
+    };
+    meter.write(sink, &start).await?;
+    Ok(ExportCursor { counts: vec![0; plan.tables.len()], plan, position, open_statement_bytes: 0 })
+}
 
-    let mut counts = Vec::with_capacity(plan.tables.len());
-    for table in &plan.tables {
-        out.write(&format!("\n-- Table: {}\n", comment_safe(&table.name))).await?;
-        let rows = export_rows(source, &mut out, table, opts).await?;
-        counts.push(TableCount { name: table.name.clone(), rows });
+fn table_marker(table: &TablePlan) -> String {
+    format!("\n-- Table: {}\n", comment_safe(&table.name))
+}
+
+/// Reads one page of the current table, writes its rows and moves the cursor on: to the next
+/// page, the next table (writing its marker), or the tail.
+async fn export_page<S: SqlSource, C: Clock, W: ByteSink>(
+    meter: &mut Meter<'_, S, C>,
+    sink: &mut W,
+    cursor: &mut ExportCursor,
+    opts: &DumpOptions,
+) -> Result<(), DumpError> {
+    let Position::Rows { table: index, after, page_rows } = &cursor.position else {
+        return Ok(());
+    };
+    let (index, limit) = (*index, (*page_rows).clamp(1, opts.rows_per_query.max(1)));
+    let table = &cursor.plan.tables[index];
+    let key_len = table.key_len();
+    let page = meter.query(&page_query(table, after.as_deref(), limit)).await?;
+
+    let mut packer = InsertPacker::new(table, cursor.open_statement_bytes, opts.max_statement_bytes);
+    let mut chunk = String::new();
+    let mut literal_bytes = 0usize;
+    let mut last_key = None;
+    for row in &page {
+        let literal = |i: usize| row.get(i).cloned().flatten().unwrap_or_else(|| "NULL".into());
+        let values: Vec<String> = (key_len..key_len + table.insert_columns.len()).map(literal).collect();
+        let key: Vec<String> = (0..key_len).map(literal).collect();
+        let tuple = format!("({})", values.join(","));
+        literal_bytes += tuple.len();
+        if packer.fits_alone(&tuple) {
+            packer.push(&tuple, &mut chunk);
+        } else {
+            packer.finish(&mut chunk);
+            let statements = oversized::split_row(
+                &packer.prefix,
+                &ident(&table.name),
+                &table.insert_columns,
+                &row_filter(table, &key),
+                &values,
+                opts.max_statement_bytes,
+            )
+            .ok_or_else(|| {
+                DumpError::Unsupported(format!(
+                    "a row of {:?} cannot be split into statements of at most {} bytes",
+                    table.name, opts.max_statement_bytes
+                ))
+            })?;
+            statements.iter().for_each(|s| chunk.push_str(s));
+        }
+        last_key = Some(key);
     }
+    cursor.counts[index] += page.len() as u64;
 
+    cursor.position = if page.len() as u32 == limit {
+        // The next page aims at the target size, judging by the rows just read.
+        let fitting = opts.page_target_bytes as u64 * page.len() as u64 / literal_bytes.max(1) as u64;
+        let next_rows = fitting.clamp(1, opts.rows_per_query.max(1) as u64) as u32;
+        Position::Rows { table: index, after: last_key, page_rows: next_rows }
+    } else {
+        // The table is done: its last statement closes before the next table's marker.
+        packer.finish(&mut chunk);
+        match cursor.plan.tables.get(index + 1) {
+            Some(next) => {
+                chunk.push_str(&table_marker(next));
+                Position::Rows { table: index + 1, after: None, page_rows: FIRST_PAGE_ROWS }
+            }
+            None => Position::Tail,
+        }
+    };
+    cursor.open_statement_bytes = packer.open_bytes;
+    if !chunk.is_empty() {
+        meter.write(sink, &chunk).await?;
+    }
+    Ok(())
+}
+
+/// Writes the counters, full-text rebuilds, indexes, views, triggers and the footer.
+async fn finish<S: SqlSource, C: Clock, W: ByteSink>(
+    meter: &mut Meter<'_, S, C>,
+    sink: &mut W,
+    cursor: &ExportCursor,
+) -> Result<ExportProgress, DumpError> {
+    let plan = &cursor.plan;
+    let mut tail = String::new();
     // AUTOINCREMENT counters: inserting rows with explicit ids only raises a counter to the
     // largest id restored, but the source's counter can be higher (rows deleted since), and a
     // restored database must not hand out those ids again.
-    let has_sequence = !query(
-        source,
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence'",
-    )
-    .await?
-    .is_empty();
-    if has_sequence {
-        let sequences = query(source, "SELECT quote(name), quote(seq) FROM sqlite_sequence ORDER BY name").await?;
+    if plan.has_sequence {
+        let sequences = meter.query("SELECT quote(name), quote(seq) FROM sqlite_sequence ORDER BY name").await?;
         if !sequences.is_empty() {
-            let mut section = String::from("\n-- AUTOINCREMENT counters\n");
+            tail.push_str("\n-- AUTOINCREMENT counters\n");
             for row in &sequences {
                 let (name, seq) = (text(row, 0), text(row, 1));
-                section.push_str(&format!(
+                tail.push_str(&format!(
                     "INSERT INTO sqlite_sequence (name, seq) SELECT {name}, 0 \
                      WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = {name});\n\
                      UPDATE sqlite_sequence SET seq = {seq} WHERE name = {name};\n"
                 ));
             }
-            out.write(&section).await?;
         }
     }
 
     if !plan.fts_rebuilds.is_empty() {
-        out.write(&format!("\n-- Full-text indexes over other tables\n{}\n", plan.fts_rebuilds.join("\n"))).await?;
+        tail.push_str(&format!("\n-- Full-text indexes over other tables\n{}\n", plan.fts_rebuilds.join("\n")));
     }
 
     if !plan.after_data.is_empty() {
-        out.write("\n-- Indexes, views and triggers\n").await?;
+        tail.push_str("\n-- Indexes, views and triggers\n");
         for create_sql in &plan.after_data {
-            out.write(&format!("{create_sql};\n")).await?;
+            tail.push_str(&format!("{create_sql};\n"));
         }
     }
 
+    let counts: Vec<TableCount> = plan
+        .tables
+        .iter()
+        .zip(&cursor.counts)
+        .map(|(t, rows)| TableCount { name: t.name.clone(), rows: *rows })
+        .collect();
     let total_rows: u64 = counts.iter().map(|c| c.rows).sum();
-    let mut footer = String::from("\n-- Row counts\n");
+    tail.push_str("\n-- Row counts\n");
     for count in &counts {
-        footer.push_str(&format!("-- rows {}: {}\n", comment_safe(&count.name), count.rows));
+        tail.push_str(&format!("-- rows {}: {}\n", comment_safe(&count.name), count.rows));
     }
-    footer.push_str(&format!(
-        "{COMPLETE_MARKER} {} tables, {} rows\n",
-        counts.len(),
-        total_rows
-    ));
-    out.write(&footer).await?;
-
-    let sha256 = out.hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(DumpSummary { tables: counts, rows: total_rows, bytes: out.bytes, sha256 })
-}
-
-async fn export_rows<S: SqlSource, W: ByteSink>(
-    source: &mut S,
-    out: &mut HashingWriter<'_, W>,
-    table: &TablePlan,
-    opts: &DumpOptions,
-) -> Result<u64, DumpError> {
-    let key_len = match &table.key {
-        PageKey::Rowid(_) => 1,
-        PageKey::PrimaryKey(cols) => cols.len(),
-    };
-    let mut packer = InsertPacker::new(table, opts.max_statement_bytes);
-    let mut last_key: Option<Vec<String>> = None;
-    let mut rows = 0u64;
-    loop {
-        let page = query(source, &page_query(table, last_key.as_deref(), opts.rows_per_query)).await?;
-        let page_len = page.len();
-        let mut chunk = String::new();
-        for row in &page {
-            let literal = |i: usize| row.get(i).cloned().flatten().unwrap_or_else(|| "NULL".into());
-            let values: Vec<String> = (key_len..key_len + table.insert_columns.len()).map(literal).collect();
-            let key: Vec<String> = (0..key_len).map(literal).collect();
-            let tuple = format!("({})", values.join(","));
-            if packer.fits_alone(&tuple) {
-                if let Some(statement) = packer.push(&tuple) {
-                    chunk.push_str(&statement);
-                }
-            } else {
-                chunk.extend(packer.finish());
-                let statements = oversized::split_row(
-                    &packer.prefix,
-                    &ident(&table.name),
-                    &table.insert_columns,
-                    &row_filter(table, &key),
-                    &values,
-                    opts.max_statement_bytes,
-                )
-                .ok_or_else(|| {
-                    DumpError::Unsupported(format!(
-                        "a row of {:?} cannot be split into statements of at most {} bytes",
-                        table.name, opts.max_statement_bytes
-                    ))
-                })?;
-                statements.iter().for_each(|s| chunk.push_str(s));
-            }
-            last_key = Some(key);
-        }
-        rows += page_len as u64;
-        if !chunk.is_empty() {
-            out.write(&chunk).await?;
-        }
-        if page_len < opts.rows_per_query as usize {
-            break;
-        }
-    }
-    if let Some(statement) = packer.finish() {
-        out.write(&statement).await?;
-    }
-    Ok(rows)
+    tail.push_str(&format!("{COMPLETE_MARKER} {} tables, {} rows\n", counts.len(), total_rows));
+    meter.write(sink, &tail).await?;
+    Ok(ExportProgress::Finished(ExportTotals { tables: counts, rows: total_rows }))
 }

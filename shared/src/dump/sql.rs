@@ -15,6 +15,8 @@ pub fn string_literal(text: &str) -> String {
 ///
 /// `quote()` alone is exact for INTEGER, BLOB and NULL and for finite REALs, but not for:
 /// - ±infinity, which some SQLite versions quote as `Inf` (not importable): written `9e999`;
+/// - -0.0, which `quote()` writes as `0.0` (the sign only shows through `atan2`): written
+///   `-0.0`, which SQLite reads back as negative zero;
 /// - TEXT with NUL (`quote()` stops at the NUL) or other control characters (the sqlite3 shell
 ///   drops a CR before LF inside literals): written as `CAST(X'<utf-8 hex>' AS TEXT)`, an
 ///   expression that restores the same bytes through every client.
@@ -24,6 +26,7 @@ pub fn literal_expr(column: &str) -> String {
            WHEN 'real' THEN CASE \
              WHEN {c} = 9e999 THEN '9e999' \
              WHEN {c} = -9e999 THEN '-9e999' \
+             WHEN {c} = 0 AND atan2({c}, -1) < 0 THEN '-0.0' \
              ELSE quote({c}) END \
            WHEN 'text' THEN CASE \
              WHEN instr(CAST({c} AS BLOB), X'00') > 0 \

@@ -1,9 +1,12 @@
-//! Test support: the exporter's `SqlSource` over rusqlite, and table-by-table comparison.
+//! Test support: the exporter's `SqlSource` over rusqlite, an `ObjectStore` in memory, and
+//! table-by-table comparison.
 
+#![allow(dead_code)] // each test file uses its own part of this module
 
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
-use shared::ports::{PortError, SqlSource};
+use shared::ports::{ObjectInfo, ObjectStore, PortError, SqlSource, UploadedPart};
+use std::collections::BTreeMap;
 
 pub struct RusqliteSource<'a> {
     pub conn: &'a Connection,
@@ -95,5 +98,103 @@ pub fn assert_same_data(source: &Connection, restored: &Connection) {
         for (i, (e, a)) in expected.iter().zip(&actual).enumerate() {
             assert_eq!(e, a, "table {table}, row {i}");
         }
+    }
+}
+
+/// An object store in memory that keeps R2's rules: parts of one upload are all the same size
+/// but the last, an object appears only on completion, and a completed or aborted upload is
+/// gone. It can be told to fail one chosen call, to test that a step retried from its
+/// checkpoint writes the same object.
+#[derive(Default)]
+pub struct MemoryStore {
+    pub objects: BTreeMap<String, (Vec<u8>, ObjectInfo)>,
+    pub uploads: BTreeMap<String, Upload>,
+    pub next_upload: u32,
+    pub calls: u32,
+    /// Fail the call with this number (counting every call from 1).
+    pub fail_call: Option<u32>,
+    /// Largest body handed over in one call.
+    pub largest_body: usize,
+}
+
+pub struct Upload {
+    pub key: String,
+    pub info: ObjectInfo,
+    pub parts: BTreeMap<u16, (String, Vec<u8>)>,
+}
+
+impl MemoryStore {
+    fn call(&mut self, what: &str) -> Result<(), PortError> {
+        self.calls += 1;
+        if self.fail_call == Some(self.calls) {
+            return Err(PortError(format!("injected failure of call {} ({what})", self.calls)));
+        }
+        Ok(())
+    }
+
+    pub fn calls(&self) -> u32 {
+        self.calls
+    }
+}
+
+impl ObjectStore for MemoryStore {
+    async fn put(&mut self, key: &str, bytes: Vec<u8>, info: &ObjectInfo) -> Result<(), PortError> {
+        self.call("put")?;
+        self.largest_body = self.largest_body.max(bytes.len());
+        self.objects.insert(key.to_owned(), (bytes, info.clone()));
+        Ok(())
+    }
+
+    async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, PortError> {
+        self.call("get")?;
+        Ok(self.objects.get(key).map(|(bytes, _)| bytes.clone()))
+    }
+
+    async fn delete(&mut self, key: &str) -> Result<(), PortError> {
+        self.call("delete")?;
+        self.objects.remove(key);
+        Ok(())
+    }
+
+    async fn create_multipart(&mut self, key: &str, info: &ObjectInfo) -> Result<String, PortError> {
+        self.call("create_multipart")?;
+        self.next_upload += 1;
+        let id = format!("upload-{}", self.next_upload);
+        self.uploads.insert(id.clone(), Upload { key: key.to_owned(), info: info.clone(), parts: BTreeMap::new() });
+        Ok(id)
+    }
+
+    async fn upload_part(&mut self, key: &str, upload_id: &str, number: u16, bytes: Vec<u8>) -> Result<String, PortError> {
+        self.call("upload_part")?;
+        self.largest_body = self.largest_body.max(bytes.len());
+        let upload = self.uploads.get_mut(upload_id).ok_or_else(|| PortError(format!("no upload {upload_id}")))?;
+        assert_eq!(upload.key, key);
+        let etag = format!("{number}-{}-{}", bytes.len(), bytes.iter().map(|b| *b as u64).sum::<u64>());
+        upload.parts.insert(number, (etag.clone(), bytes));
+        Ok(etag)
+    }
+
+    async fn complete_multipart(&mut self, key: &str, upload_id: &str, parts: &[UploadedPart]) -> Result<(), PortError> {
+        self.call("complete_multipart")?;
+        let upload = self.uploads.remove(upload_id).ok_or_else(|| PortError(format!("no upload {upload_id}")))?;
+        assert_eq!(upload.key, key);
+        let mut body = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            let (etag, bytes) = &upload.parts[&part.number];
+            assert_eq!(part.number as usize, i + 1, "parts in order");
+            assert_eq!(&part.etag, etag, "etag of part {}", part.number);
+            if i + 1 < parts.len() {
+                assert_eq!(bytes.len(), upload.parts[&1].1.len(), "all parts but the last are the same size");
+            }
+            body.extend_from_slice(bytes);
+        }
+        self.objects.insert(key.to_owned(), (body, upload.info));
+        Ok(())
+    }
+
+    async fn abort_multipart(&mut self, _key: &str, upload_id: &str) -> Result<(), PortError> {
+        self.call("abort_multipart")?;
+        self.uploads.remove(upload_id);
+        Ok(())
     }
 }
