@@ -37,14 +37,15 @@ prepare() {
 
 run() {
   local port=$1 state_dir=$2 token=$3
+  shift 3
   exec "${WRANGLER[@]}" dev \
-    -c wrangler.toml -c consumer/wrangler.toml -c archiver/wrangler.toml \
+    -c wrangler.toml -c "${CONSUMER_CONFIG:-consumer/wrangler.toml}" -c archiver/wrangler.toml \
     --ip 127.0.0.1 --port "$port" --persist-to "$state_dir" \
-    --var "ADMIN_TOKEN:$token" --show-interactive-dev-session=false
+    --var "ADMIN_TOKEN:$token" --show-interactive-dev-session=false "$@"
 }
 
 case "${1:-}" in
   prepare) prepare "${2:?STATE_DIR}" ;;
-  run) run "${2:?PORT}" "${3:?STATE_DIR}" "${4:?TOKEN}" ;;
-  *) echo "usage: $0 prepare STATE_DIR | run PORT STATE_DIR TOKEN" >&2; exit 2 ;;
+  run) run "${2:?PORT}" "${3:?STATE_DIR}" "${4:?TOKEN}" "${@:5}" ;;
+  *) echo "usage: $0 prepare STATE_DIR | run PORT STATE_DIR TOKEN [wrangler dev options...]" >&2; exit 2 ;;
 esac

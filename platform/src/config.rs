@@ -1,13 +1,19 @@
 //! Configuration read from the Worker's vars.
 
-use shared::config::{databases_from_map, DatabaseConfig};
+use shared::config::{databases_from_map, DatabaseConfig, DatabaseEntry, ExportLimits};
 use std::collections::BTreeMap;
 use worker::Env;
 
-/// The `DATABASES` var: database name → D1 binding name (see `shared::config`).
+/// The `DATABASES` var (see `shared::config`).
 pub fn databases(env: &Env) -> worker::Result<Vec<DatabaseConfig>> {
-    let map: BTreeMap<String, String> = env
+    let map: BTreeMap<String, DatabaseEntry> = env
         .object_var("DATABASES")
         .map_err(|e| worker::Error::RustError(format!("DATABASES var is missing or malformed: {e}")))?;
     databases_from_map(map).map_err(|e| worker::Error::RustError(e.to_string()))
+}
+
+/// The `EXPORT_*` vars (see `shared::config::ExportLimits`).
+pub fn export_limits(env: &Env) -> worker::Result<ExportLimits> {
+    ExportLimits::from_vars(|name| env.var(name).ok().map(|v| v.to_string()))
+        .map_err(|e| worker::Error::RustError(e.to_string()))
 }

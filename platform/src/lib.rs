@@ -6,7 +6,7 @@ pub mod config;
 pub mod d1_source;
 pub mod http;
 pub mod meta;
-pub mod r2_sink;
+pub mod r2_store;
 
 /// Binding names, defined once.
 pub mod bindings {

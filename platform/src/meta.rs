@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use shared::dump::DumpSummary;
+use shared::backup::BackupSummary;
 use shared::keys::{BackupKey, BackupKind};
 use shared::state::{job_status, JobStatus, RunState};
 use uuid::Uuid;
@@ -52,7 +52,8 @@ pub struct NewJob<'a> {
     pub trigger: Trigger,
     pub reason: Option<&'a str>,
     pub requested_at: DateTime<Utc>,
-    pub databases: &'a [String],
+    /// Where each database's dump of this job goes.
+    pub keys: &'a [BackupKey],
 }
 
 /// Records a job and one queued run per database, atomically.
@@ -70,8 +71,7 @@ pub async fn create_job(db: &D1Database, job: &NewJob<'_>, now: DateTime<Utc>) -
             text(&now),
         ],
     )?];
-    for database in job.databases {
-        let key = BackupKey::for_run(job.kind, job.requested_at.date_naive(), job.id, database);
+    for key in job.keys {
         statements.push(statement(
             db,
             "INSERT INTO runs (id, job_id, database, state, attempts, r2_key, queued_at, updated_at) \
@@ -79,7 +79,7 @@ pub async fn create_job(db: &D1Database, job: &NewJob<'_>, now: DateTime<Utc>) -
             &[
                 text(&Uuid::new_v4().to_string()),
                 text(&job.id.to_string()),
-                text(database),
+                text(&key.database),
                 text(&key.to_key()),
                 text(&now),
             ],
@@ -105,6 +105,12 @@ pub struct RunView {
     pub queued_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// Export steps finished (each a queue message).
+    pub step: u32,
+    pub bookmark: Option<String>,
+    /// Where the next step resumes; internal, never shown by the API.
+    #[serde(skip_serializing)]
+    pub checkpoint: Option<String>,
 }
 
 impl RunView {
@@ -137,7 +143,7 @@ pub struct JobView {
 }
 
 const RUN_COLUMNS: &str = "id, database, state, attempts, r2_key, bytes, rows, tables, sha256, error, \
-                           queued_at, started_at, finished_at";
+                           queued_at, started_at, finished_at, step, bookmark, checkpoint";
 
 async fn job_view(db: &D1Database, job: JobRow) -> Result<JobView> {
     let runs: Vec<RunView> = statement(
@@ -210,12 +216,33 @@ pub async fn start_run(db: &D1Database, run_id: &str, now: DateTime<Utc>) -> Res
 }
 
 /// Records a failed attempt: `retrying` while retries remain, `dead` after the last one.
+/// Records that step `from_step` finished and where the next one resumes. Only the first
+/// delivery to finish a step records it: returns false if the run had moved on already.
+pub async fn save_checkpoint(
+    db: &D1Database,
+    run_id: &str,
+    from_step: u32,
+    checkpoint: &str,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let result = statement(
+        db,
+        "UPDATE runs SET step = ?2 + 1, checkpoint = ?3, updated_at = ?4 \
+         WHERE id = ?1 AND step = ?2 AND state NOT IN ('succeeded', 'dead')",
+        &[text(run_id), number(u64::from(from_step)), text(checkpoint), text(&timestamp(now))],
+    )?
+    .run()
+    .await?;
+    Ok(result.meta()?.and_then(|m| m.changes).unwrap_or(0) == 1)
+}
+
 pub async fn fail_run(db: &D1Database, run_id: &str, state: RunState, error: &str, now: DateTime<Utc>) -> Result<()> {
     let now = timestamp(now);
     let finished = if state.is_final() { JsValue::from_str(&now) } else { JsValue::NULL };
     statement(
         db,
-        "UPDATE runs SET state = ?2, error = ?3, finished_at = ?4, updated_at = ?5 WHERE id = ?1",
+        "UPDATE runs SET state = ?2, error = ?3, finished_at = ?4, updated_at = ?5, \
+         checkpoint = CASE WHEN ?2 = 'dead' THEN NULL ELSE checkpoint END WHERE id = ?1",
         &[text(run_id), text(state.as_str()), text(error), finished, text(&now)],
     )?
     .run()
@@ -229,17 +256,19 @@ pub async fn succeed_run(
     db: &D1Database,
     run: &RunView,
     key: &BackupKey,
-    summary: &DumpSummary,
+    summary: &BackupSummary,
     now: DateTime<Utc>,
 ) -> Result<()> {
     let now = timestamp(now);
     let r2_key = key.to_key();
     let tables = summary.tables.len() as u64;
+    let bookmark = opt_text(summary.bookmark.as_deref());
     let mut statements = vec![
         statement(
             db,
             "UPDATE runs SET state = 'succeeded', error = NULL, bytes = ?2, rows = ?3, tables = ?4, \
-             sha256 = ?5, finished_at = ?6, updated_at = ?6 WHERE id = ?1",
+             sha256 = ?5, finished_at = ?6, updated_at = ?6, step = ?7, bookmark = ?8, checkpoint = NULL \
+             WHERE id = ?1",
             &[
                 text(&run.id),
                 number(summary.bytes),
@@ -247,15 +276,18 @@ pub async fn succeed_run(
                 number(tables),
                 text(&summary.sha256),
                 text(&now),
+                number(u64::from(summary.steps)),
+                bookmark.clone(),
             ],
         )?,
         statement(
             db,
-            "INSERT INTO backups (key, database, kind, date, run_id, bytes, sha256, tables, rows, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+            "INSERT INTO backups (key, database, kind, date, run_id, bytes, sha256, tables, rows, created_at, bookmark) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
              ON CONFLICT (key) DO UPDATE SET run_id = excluded.run_id, bytes = excluded.bytes, \
                sha256 = excluded.sha256, tables = excluded.tables, rows = excluded.rows, \
-               created_at = excluded.created_at, deleted_at = NULL, delete_reason = NULL",
+               created_at = excluded.created_at, bookmark = excluded.bookmark, \
+               deleted_at = NULL, delete_reason = NULL",
             &[
                 text(&r2_key),
                 text(&key.database),
@@ -267,6 +299,7 @@ pub async fn succeed_run(
                 number(tables),
                 number(summary.rows),
                 text(&now),
+                bookmark,
             ],
         )?,
         statement(db, "DELETE FROM backup_tables WHERE key = ?1", &[text(&r2_key)])?,

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use platform::http::{authorize, error, json, Auth};
 use platform::meta::{self, NewJob, Trigger};
 use platform::{bindings, config, millis_to_utc, now};
-use shared::keys::BackupKind;
+use shared::keys::{BackupKey, BackupKind};
 use shared::message::BackupMessage;
 use shared::trigger::{plan_trigger, ApiError, MAX_BODY_BYTES};
 use uuid::Uuid;
@@ -104,12 +104,16 @@ async fn enqueue_job(
 ) -> Result<Uuid> {
     let job_id = Uuid::new_v4();
     let meta_db = env.d1(bindings::META)?;
-    meta::create_job(
-        &meta_db,
-        &NewJob { id: job_id, kind, trigger, reason, requested_at, databases },
-        now(),
-    )
-    .await?;
+    let configured = config::databases(env)?;
+    let keys: Vec<BackupKey> = databases
+        .iter()
+        .map(|db| {
+            let gzip = configured.iter().any(|c| &c.name == db && c.gzip);
+            BackupKey::for_run(kind, requested_at.date_naive(), job_id, db).gzipped(gzip)
+        })
+        .collect();
+    meta::create_job(&meta_db, &NewJob { id: job_id, kind, trigger, reason, requested_at, keys: &keys }, now())
+        .await?;
     let queue = env.queue(bindings::BACKUP_QUEUE)?;
     let messages: Vec<BackupMessage> =
         databases.iter().map(|db| BackupMessage::new(job_id, db, kind, requested_at)).collect();

@@ -86,6 +86,8 @@ pub struct BackupSummary {
     /// Lowercase hex SHA-256 of the stored object.
     pub sha256: String,
     pub steps: u32,
+    /// The D1 bookmark the export started at, when the source has one.
+    pub bookmark: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +162,7 @@ pub async fn backup_step<S: SqlSource, O: ObjectStore, C: Clock>(
                     bytes,
                     sha256,
                     steps: step,
+                    bookmark: totals.bookmark,
                 },
                 superseded,
             }

@@ -1,9 +1,12 @@
 //! Which databases are backed up: configuration, not code.
 //!
-//! Workers read the `DATABASES` var, an object from database name to D1 binding name, such as
-//! `{"chinook": "DB_CHINOOK", "demo": "DB_DEMO"}` (in wrangler.toml, a `[vars.DATABASES]`
-//! table). The producer uses the names to validate requests and fan out; the consumer uses the
-//! binding to reach each database. Databases are ordered by name.
+//! Workers read the `DATABASES` var, an object from database name to its D1 binding name, or to
+//! an object with the binding and options, such as
+//! `{"chinook": "DB_CHINOOK", "demo": {"binding": "DB_DEMO", "gzip": true}}` (in wrangler.toml,
+//! a `[vars.DATABASES]` table). The producer uses the names to validate requests and fan out;
+//! the consumer uses the binding to reach each database. Databases are ordered by name.
+//!
+//! The consumer's export budgets come from `EXPORT_*` vars (see [`ExportLimits`]).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -15,6 +18,24 @@ pub struct DatabaseConfig {
     pub name: String,
     /// The D1 binding through which the consumer reads this database.
     pub binding: String,
+    /// Store this database's dumps gzip-compressed (`.sql.gz`).
+    pub gzip: bool,
+}
+
+/// One value of the `DATABASES` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DatabaseEntry {
+    Binding(String),
+    Options(DatabaseOptions),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseOptions {
+    pub binding: String,
+    #[serde(default)]
+    pub gzip: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,18 +68,25 @@ fn is_valid_binding_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Turns the `DATABASES` object (name → binding) into validated configs, ordered by name.
-pub fn databases_from_map(map: BTreeMap<String, String>) -> Result<Vec<DatabaseConfig>, ConfigError> {
-    let databases: Vec<DatabaseConfig> =
-        map.into_iter().map(|(name, binding)| DatabaseConfig { name, binding }).collect();
+/// Turns the `DATABASES` object into validated configs, ordered by name.
+pub fn databases_from_map(map: BTreeMap<String, DatabaseEntry>) -> Result<Vec<DatabaseConfig>, ConfigError> {
+    let databases: Vec<DatabaseConfig> = map
+        .into_iter()
+        .map(|(name, entry)| match entry {
+            DatabaseEntry::Binding(binding) => DatabaseConfig { name, binding, gzip: false },
+            DatabaseEntry::Options(DatabaseOptions { binding, gzip }) => DatabaseConfig { name, binding, gzip },
+        })
+        .collect();
     validate_databases(&databases)?;
     Ok(databases)
 }
 
 /// Parses the `DATABASES` var from its JSON text.
 pub fn parse_databases(json: &str) -> Result<Vec<DatabaseConfig>, ConfigError> {
-    let map: BTreeMap<String, String> = serde_json::from_str(json).map_err(|e| {
-        ConfigError(format!("DATABASES must be an object of database name to D1 binding name: {e}"))
+    let map: BTreeMap<String, DatabaseEntry> = serde_json::from_str(json).map_err(|e| {
+        ConfigError(format!(
+            "DATABASES must be an object of database name to a D1 binding name or {{binding, gzip}}: {e}"
+        ))
     })?;
     databases_from_map(map)
 }
@@ -88,6 +116,65 @@ pub fn validate_databases(databases: &[DatabaseConfig]) -> Result<(), ConfigErro
     Ok(())
 }
 
+/// How much one consumer invocation may do for one export before continuing in a new message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportLimits {
+    /// D1 queries per invocation, the consumer's own bookkeeping included (`EXPORT_MAX_QUERIES`;
+    /// the Workers Paid plan allows 1,000 per invocation, the Free plan 50).
+    pub max_queries: u32,
+    /// Megabytes of SQL per invocation (`EXPORT_MAX_MB`).
+    pub max_megabytes: u64,
+    /// Seconds per invocation (`EXPORT_MAX_SECONDS`).
+    pub max_seconds: u64,
+    /// Most rows per query (`EXPORT_ROWS_PER_QUERY`).
+    pub rows_per_query: u32,
+}
+
+impl ExportLimits {
+    pub const DEFAULT: ExportLimits =
+        ExportLimits { max_queries: 900, max_megabytes: 1024, max_seconds: 60, rows_per_query: 500 };
+    /// Queries the consumer keeps for itself in every invocation: reading the run, recording
+    /// its start, saving the checkpoint or the result, with room for a retry's bookkeeping.
+    pub const BOOKKEEPING_QUERIES: u32 = 8;
+    /// The smallest workable query budget: bookkeeping plus two reads of the source.
+    pub const MIN_QUERIES: u32 = Self::BOOKKEEPING_QUERIES + 2;
+
+    /// Reads the limits from vars (`None` when unset), refusing nonsense with a clear message.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<ExportLimits, ConfigError> {
+        fn read<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(
+            get: &impl Fn(&str) -> Option<String>,
+            name: &str,
+            default: T,
+            min: T,
+            max: T,
+        ) -> Result<T, ConfigError> {
+            match get(name) {
+                None => Ok(default),
+                Some(text) => match text.trim().parse::<T>() {
+                    Ok(v) if v >= min && v <= max => Ok(v),
+                    _ => Err(ConfigError(format!("{name} must be a whole number from {min} to {max}, not {text:?}"))),
+                },
+            }
+        }
+        let d = ExportLimits::DEFAULT;
+        Ok(ExportLimits {
+            max_queries: read(&get, "EXPORT_MAX_QUERIES", d.max_queries, Self::MIN_QUERIES, 100_000)?,
+            max_megabytes: read(&get, "EXPORT_MAX_MB", d.max_megabytes, 1, 1_000_000)?,
+            max_seconds: read(&get, "EXPORT_MAX_SECONDS", d.max_seconds, 1, 900)?,
+            rows_per_query: read(&get, "EXPORT_ROWS_PER_QUERY", d.rows_per_query, 1, 10_000)?,
+        })
+    }
+
+    /// The exporter's share of one invocation.
+    pub fn step_budget(&self) -> crate::dump::StepBudget {
+        crate::dump::StepBudget {
+            max_queries: self.max_queries - Self::BOOKKEEPING_QUERIES,
+            max_bytes: self.max_megabytes * 1024 * 1024,
+            max_millis: self.max_seconds * 1000,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +185,25 @@ mod tests {
         assert_eq!(dbs.len(), 2);
         assert_eq!(dbs[0].name, "chinook");
         assert_eq!(dbs[1].binding, "DB_DEMO");
+    }
+
+    #[test]
+    fn a_database_can_ask_for_gzip() {
+        let dbs = parse_databases(r#"{"a":"DB_A","b":{"binding":"DB_B","gzip":true},"c":{"binding":"DB_C"}}"#).unwrap();
+        assert_eq!(dbs.iter().map(|d| d.gzip).collect::<Vec<_>>(), [false, true, false]);
+        assert_eq!(dbs[1].binding, "DB_B");
+        assert!(parse_databases(r#"{"a":{"binding":"DB_A","gzp":true}}"#).is_err(), "typos are refused");
+    }
+
+    #[test]
+    fn export_limits_default_and_refuse_nonsense() {
+        assert_eq!(ExportLimits::from_vars(|_| None).unwrap(), ExportLimits::DEFAULT);
+        let free = ExportLimits::from_vars(|n| (n == "EXPORT_MAX_QUERIES").then(|| "50".to_string())).unwrap();
+        assert_eq!(free.step_budget().max_queries, 50 - ExportLimits::BOOKKEEPING_QUERIES);
+        for (name, bad) in [("EXPORT_MAX_QUERIES", "5"), ("EXPORT_MAX_MB", "0"), ("EXPORT_MAX_SECONDS", "ten"), ("EXPORT_ROWS_PER_QUERY", "-1")] {
+            let err = ExportLimits::from_vars(|n| (n == name).then(|| bad.to_string())).unwrap_err();
+            assert!(err.0.contains(name), "{err}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //!   time (UTC), so one scheduled night maps to exactly one key per database.
 //! - `manual/YYYY-MM-DD/<job-id>/<db>.sql`: an on-demand backup; the job id keeps two manual
 //!   backups on the same day apart and never overwrites the nightly one.
+//! - Either ends in `.sql.gz` instead of `.sql` for a database configured with gzip.
 
 use crate::config::is_valid_database_name;
 use chrono::NaiveDate;
@@ -41,11 +42,13 @@ pub struct BackupKey {
     pub database: String,
     /// Present for manual backups only.
     pub job_id: Option<Uuid>,
+    /// Stored gzip-compressed.
+    pub gzip: bool,
 }
 
 impl BackupKey {
     pub fn daily(date: NaiveDate, database: &str) -> BackupKey {
-        BackupKey { kind: BackupKind::Daily, date, database: database.to_owned(), job_id: None }
+        BackupKey { kind: BackupKind::Daily, date, database: database.to_owned(), job_id: None, gzip: false }
     }
 
     pub fn manual(date: NaiveDate, job_id: Uuid, database: &str) -> BackupKey {
@@ -54,7 +57,12 @@ impl BackupKey {
             date,
             database: database.to_owned(),
             job_id: Some(job_id),
+            gzip: false,
         }
+    }
+
+    pub fn gzipped(self, gzip: bool) -> BackupKey {
+        BackupKey { gzip, ..self }
     }
 
     pub fn for_run(kind: BackupKind, date: NaiveDate, job_id: Uuid, database: &str) -> BackupKey {
@@ -66,9 +74,10 @@ impl BackupKey {
 
     pub fn to_key(&self) -> String {
         let date = self.date.format("%Y-%m-%d");
+        let extension = if self.gzip { "sql.gz" } else { "sql" };
         match (self.kind, self.job_id) {
-            (BackupKind::Manual, Some(job)) => format!("manual/{date}/{job}/{}.sql", self.database),
-            _ => format!("daily/{date}/{}.sql", self.database),
+            (BackupKind::Manual, Some(job)) => format!("manual/{date}/{job}/{}.{extension}", self.database),
+            _ => format!("daily/{date}/{}.{extension}", self.database),
         }
     }
 
@@ -83,11 +92,14 @@ impl BackupKey {
             _ => return None,
         };
         let date = parse_date(date)?;
-        let database = file.strip_suffix(".sql")?;
+        let (database, gzip) = match file.strip_suffix(".sql.gz") {
+            Some(database) => (database, true),
+            None => (file.strip_suffix(".sql")?, false),
+        };
         if !is_valid_database_name(database) {
             return None;
         }
-        Some(BackupKey { kind, date, database: database.to_owned(), job_id })
+        Some(BackupKey { kind, date, database: database.to_owned(), job_id, gzip })
     }
 }
 
@@ -121,7 +133,11 @@ mod tests {
             manual.to_key(),
             "manual/2026-11-23/0f8fad5b-d9cb-469f-a165-70867728950e/demo.sql"
         );
-        assert_eq!(BackupKey::parse(&manual.to_key()), Some(manual));
+        assert_eq!(BackupKey::parse(&manual.to_key()), Some(manual.clone()));
+
+        let gzipped = manual.gzipped(true);
+        assert_eq!(gzipped.to_key(), "manual/2026-11-23/0f8fad5b-d9cb-469f-a165-70867728950e/demo.sql.gz");
+        assert_eq!(BackupKey::parse(&gzipped.to_key()), Some(gzipped));
     }
 
     #[test]
@@ -130,6 +146,8 @@ mod tests {
             "daily/2026-11-23/../x.sql",
             "daily/2026-1-3/x.sql",
             "daily/2026-11-23/x.txt",
+            "daily/2026-11-23/x.gz",
+            "daily/2026-11-23/x.sql.gz.sql",
             "weekly/2026-W47.tar.gz",
             "manual/2026-11-23/not-a-uuid/x.sql",
             "daily/2026-02-30/x.sql",

@@ -3,7 +3,7 @@
 //! Every message carries a format version `v`; a consumer refuses versions it does not know
 //! instead of guessing. Messages stay far below the Queues limit of 128 KB.
 
-use crate::keys::{BackupKey, BackupKind};
+use crate::keys::BackupKind;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -21,16 +21,20 @@ pub struct BackupMessage {
     /// For a nightly run, the cron's scheduled time (which names the daily); for a manual
     /// run, the time of the request.
     pub requested_at: DateTime<Utc>,
+    /// The export step this message runs: 0 starts the export, n > 0 continues it from the
+    /// checkpoint that step n - 1 saved in the metadata database.
+    #[serde(default)]
+    pub step: u32,
 }
 
 impl BackupMessage {
     pub fn new(job_id: Uuid, database: &str, kind: BackupKind, requested_at: DateTime<Utc>) -> Self {
-        BackupMessage { v: MESSAGE_VERSION, job_id, database: database.to_owned(), kind, requested_at }
+        BackupMessage { v: MESSAGE_VERSION, job_id, database: database.to_owned(), kind, requested_at, step: 0 }
     }
 
-    /// Where this run's dump is stored.
-    pub fn backup_key(&self) -> BackupKey {
-        BackupKey::for_run(self.kind, self.requested_at.date_naive(), self.job_id, &self.database)
+    /// The message that continues this export at `step`.
+    pub fn continuation(&self, step: u32) -> BackupMessage {
+        BackupMessage { step, ..self.clone() }
     }
 
     /// Parses a message body, refusing unknown versions.
@@ -55,7 +59,8 @@ mod tests {
         let json = serde_json::to_value(&msg).unwrap();
         assert_eq!(json["jobId"], "00000000-0000-0000-0000-000000000000");
         assert_eq!(BackupMessage::from_json(json).unwrap(), msg);
-        assert_eq!(msg.backup_key().to_key(), "daily/2026-11-23/chinook.sql");
+        let next = msg.continuation(3);
+        assert_eq!(BackupMessage::from_json(serde_json::to_value(&next).unwrap()).unwrap().step, 3);
     }
 
     #[test]

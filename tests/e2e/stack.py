@@ -15,6 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 ADMIN_TOKEN = "e2e-admin-token"
+# The e2e stack's consumer query budget per invocation (the smallest allowed is 10).
+SMALL_BUDGET_QUERIES = 14
 
 
 def free_port() -> int:
@@ -34,8 +36,12 @@ class Response:
 
 
 class Stack:
-    def __init__(self, state_dir: Path, port: int | None = None):
+    def __init__(self, state_dir: Path, port: int | None = None, consumer_vars: dict[str, str] | None = None):
         self.state_dir = state_dir
+        # Vars overriding the consumer's (such as EXPORT_MAX_QUERIES), through a copy of its
+        # config beside the original, so that its relative paths still hold.
+        self.consumer_vars = consumer_vars or {}
+        self.generated_config: Path | None = None
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -56,6 +62,7 @@ class Stack:
         # A session of its own: teardown signals the whole group (wrangler, workerd, esbuild).
         self.process = subprocess.Popen(
             [str(ROOT / "scripts/local-stack.sh"), "run", str(self.port), str(self.state_dir), ADMIN_TOKEN],
+            env={**os.environ, "CONSUMER_CONFIG": self.consumer_config()},
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -72,6 +79,20 @@ class Stack:
         self.stop()
         raise RuntimeError(f"stack did not answer within {timeout}s:\n{self.log()}")
 
+    def consumer_config(self) -> str:
+        if not self.consumer_vars:
+            return "consumer/wrangler.toml"
+        original = (ROOT / "consumer/wrangler.toml").read_text()
+        assert "\n[vars]\n" in original
+        lines = "".join(f'{name} = "{value}"\n' for name, value in self.consumer_vars.items())
+        # Later keys would be duplicates in TOML: drop the originals of the overridden ones.
+        kept = "\n".join(l for l in original.split("\n")
+                         if l.split(" = ")[0] not in self.consumer_vars)
+        copy = ROOT / "consumer" / f".e2e-wrangler-{self.port}.toml"
+        copy.write_text(kept.replace("\n[vars]\n", "\n[vars]\n" + lines, 1))
+        self.generated_config = copy
+        return str(copy.relative_to(ROOT))
+
     def stop(self) -> None:
         if self.process is None:
             return
@@ -82,7 +103,8 @@ class Stack:
             except ProcessLookupError:
                 break
             deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and group_alive(pgid):
+            # Reaping the leader as it exits: an unreaped zombie still counts as the group.
+            while time.monotonic() < deadline and (self.process.poll() is None or group_alive(pgid)):
                 time.sleep(0.1)
             if not group_alive(pgid):
                 break
@@ -91,6 +113,8 @@ class Stack:
         except subprocess.TimeoutExpired:
             pass
         self.process = None
+        if self.generated_config is not None:
+            self.generated_config.unlink(missing_ok=True)
 
     def log(self) -> str:
         try:
@@ -154,6 +178,24 @@ class Stack:
         self.wrangler("r2", "object", "get", f"d1-backups/{key}", "--local", "--file", str(dest))
         return dest.read_bytes()
 
+    def r2_index(self, sql: str) -> list[tuple]:
+        """Queries the local R2 bucket's own index (miniflare keeps it in SQLite): which objects
+        and multipart uploads exist, with their metadata, beyond what the wrangler CLI shows."""
+        import sqlite3
+        (index,) = [p for p in (self.state_dir / "v3/r2/miniflare-R2BucketObject").glob("*.sqlite")
+                    if p.name != "metadata.sqlite"]
+        with sqlite3.connect(f"file:{index}?mode=ro", uri=True) as db:
+            return db.execute(sql).fetchall()
+
+    def r2_objects(self, prefix: str = "") -> dict[str, dict]:
+        """Every object under `prefix`: size and custom metadata."""
+        rows = self.r2_index(f"SELECT key, size, custom_metadata FROM _mf_objects WHERE substr(key, 1, {len(prefix)}) = '{prefix}'")
+        return {key: {"size": size, "custom": json.loads(custom)} for key, size, custom in rows}
+
+    def r2_open_uploads(self) -> list[str]:
+        """Keys of multipart uploads neither completed nor aborted."""
+        return [key for (key,) in self.r2_index("SELECT key FROM _mf_multipart_uploads WHERE state = 0")]
+
     def d1_query(self, database: str, sql: str) -> list[dict]:
         """Runs SQL on a local D1 database with `wrangler d1 execute`."""
         return self.d1_queries(database, [sql])[0]
@@ -185,14 +227,16 @@ def exact_rows_sql(table: str, columns: list[str], with_rowid: bool) -> str:
     """SQL listing a table's rows exactly, in a stable order, the same whatever SQLite version
     runs it: per column its storage class with the hex of its bytes (infinities named), and
     for a finite REAL the value itself (a double, exact in JSON and in Python). Formatting a
-    REAL as text would differ between SQLite versions."""
+    REAL as text would differ between SQLite versions. The sign of -0.0 shows only through
+    atan2(); JSON and Python compare it equal to 0.0."""
     def q(name: str) -> str:
         return '"' + name.replace('"', '""') + '"'
     parts = ["rowid"] if with_rowid else []
     for c in columns:
         c = q(c)
         parts.append(f"typeof({c}) || ':' || CASE typeof({c}) WHEN 'real' THEN "
-                     f"CASE WHEN {c} = 9e999 THEN 'inf' WHEN {c} = -9e999 THEN '-inf' ELSE '' END "
+                     f"CASE WHEN {c} = 9e999 THEN 'inf' WHEN {c} = -9e999 THEN '-inf' "
+                     f"WHEN {c} = 0 AND atan2({c}, -1) < 0 THEN '-0' ELSE '' END "
                      f"ELSE hex({c}) END")
         parts.append(f"CASE WHEN typeof({c}) = 'real' AND abs({c}) < 9e999 THEN {c} END")
     order = ", ".join(str(i + 1) for i in range(len(parts)))

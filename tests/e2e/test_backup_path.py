@@ -1,6 +1,7 @@
 """The thin backup path end to end on the local stack: trigger and cron fan out, the consumer
 writes dumps to R2, the metadata database records every run, and a dump restores."""
 
+import gzip
 import hashlib
 import time
 from datetime import datetime, timezone
@@ -9,16 +10,22 @@ import pytest
 
 
 DATABASES = ["chinook", "demo", "hostile"]
+# demo is configured with gzip: its dumps are .sql.gz.
+EXTENSION = {"chinook": "sql", "demo": "sql.gz", "hostile": "sql"}
 COMPLETE = b"-- Dump complete:"
 
 
 def assert_complete_backup(stack, run: dict, tmp_path) -> bytes:
-    """The run's object is in R2, whole: size, SHA-256 and footer match what was recorded."""
+    """The run's object is in R2, whole: size, SHA-256 (of the stored bytes) and footer match
+    what was recorded. Returns the SQL, decompressed if stored gzipped."""
     assert run["state"] == "succeeded", run
     assert run["attempts"] >= 1
-    body = stack.r2_get(run["r2Key"], tmp_path / f"{run['database']}.sql")
-    assert len(body) == run["bytes"]
-    assert hashlib.sha256(body).hexdigest() == run["sha256"]
+    extension = EXTENSION[run["database"]]
+    assert run["r2Key"].endswith(f"/{run['database']}.{extension}")
+    stored = stack.r2_get(run["r2Key"], tmp_path / f"{run['database']}.{extension}")
+    assert len(stored) == run["bytes"]
+    assert hashlib.sha256(stored).hexdigest() == run["sha256"]
+    body = gzip.decompress(stored) if extension == "sql.gz" else stored
     assert body.rstrip(b"\n").rsplit(b"\n", 1)[-1].startswith(COMPLETE)
     assert f"-- database: {run['database']}\n".encode() in body
     return body
@@ -36,7 +43,7 @@ def test_trigger_backs_up_every_database(stack, tmp_path):
     assert job["kind"] == "manual" and job["trigger"] == "http" and job["reason"] == "e2e"
     assert [run["database"] for run in job["runs"]] == DATABASES
     for run in job["runs"]:
-        assert run["r2Key"].startswith("manual/") and run["r2Key"].endswith(f"/{run['database']}.sql")
+        assert run["r2Key"].startswith("manual/")
         assert accepted["jobId"] in run["r2Key"]
         assert_complete_backup(stack, run, tmp_path)
 
@@ -69,7 +76,7 @@ def test_cron_writes_dailies_named_by_the_scheduled_date(stack, tmp_path):
     assert job["status"] == "completed", job
     assert job["kind"] == "daily"
     for run in job["runs"]:
-        assert run["r2Key"] == f"daily/2026-03-09/{run['database']}.sql"
+        assert run["r2Key"] == f"daily/2026-03-09/{run['database']}.{EXTENSION[run['database']]}"
         assert_complete_backup(stack, run, tmp_path)
 
 

@@ -62,7 +62,7 @@ def test_hostile_database_restores_exactly_through_both_clients(stack, hostile):
     tables, expected = compare_all_tables(stack, "hostile", shell_db, restored, config, extra_tables=["docs"])
     assert set(tables) >= {"vals", "strict_t", "wr", "sparse", "auto", "gen", "fa", "fb", "node", "big", "docs", "src", "audit"}
     counts = dict(zip(tables, map(len, expected)))
-    assert counts["vals"] == 22 and counts["big"] == 2 and counts["docs"] == 3 and counts["audit"] == 0
+    assert counts["vals"] == 24 and counts["big"] == 2 and counts["docs"] == 3 and counts["audit"] == 0
 
 
 def test_hostile_dump_is_importable_and_keeps_counters_indexes_and_search(stack, hostile):

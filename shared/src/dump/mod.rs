@@ -82,6 +82,8 @@ pub struct TableCount {
 pub struct ExportTotals {
     pub tables: Vec<TableCount>,
     pub rows: u64,
+    /// The D1 bookmark the export started at, when the source has one.
+    pub bookmark: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +120,13 @@ pub struct ExportCursor {
     /// Length of the INSERT statement left open by the last row written (0: none). The next
     /// row continues it or closes it exactly as an export without the pause would have.
     open_statement_bytes: usize,
+}
+
+impl ExportCursor {
+    /// The D1 bookmark the export started at: later steps read at or after it.
+    pub fn bookmark(&self) -> Option<&str> {
+        self.plan.bookmark.as_deref()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -672,5 +681,5 @@ async fn finish<S: SqlSource, C: Clock, W: ByteSink>(
     }
     tail.push_str(&format!("{COMPLETE_MARKER} {} tables, {} rows\n", counts.len(), total_rows));
     meter.write(sink, &tail).await?;
-    Ok(ExportProgress::Finished(ExportTotals { tables: counts, rows: total_rows }))
+    Ok(ExportProgress::Finished(ExportTotals { tables: counts, rows: total_rows, bookmark: plan.bookmark.clone() }))
 }

@@ -1,0 +1,104 @@
+//! `ObjectStore` over an R2 bucket binding.
+
+use shared::ports::{ObjectInfo, ObjectStore, PortError, UploadedPart};
+use std::collections::HashMap;
+use worker::{Bucket, HttpMetadata};
+
+pub struct R2Store {
+    bucket: Bucket,
+}
+
+impl R2Store {
+    pub fn new(bucket: Bucket) -> R2Store {
+        R2Store { bucket }
+    }
+}
+
+fn r2_error(what: &str, key: &str, e: worker::Error) -> PortError {
+    PortError(format!("R2 {what} of {key} failed: {e}"))
+}
+
+fn http_metadata(info: &ObjectInfo) -> HttpMetadata {
+    HttpMetadata { content_type: Some(info.content_type.clone()), ..Default::default() }
+}
+
+fn custom_metadata(info: &ObjectInfo) -> HashMap<String, String> {
+    info.custom.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The raw digest of a lowercase hex SHA-256.
+fn sha256_bytes(hex: &str) -> Option<Vec<u8>> {
+    (hex.len() == 64)
+        .then(|| (0..64).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok()).collect())
+        .flatten()
+}
+
+impl ObjectStore for R2Store {
+    async fn put(&mut self, key: &str, bytes: Vec<u8>, info: &ObjectInfo) -> Result<(), PortError> {
+        let mut put = self
+            .bucket
+            .put(key, bytes)
+            .http_metadata(http_metadata(info))
+            .custom_metadata(custom_metadata(info));
+        // When the checksum is known, R2 verifies the body against it and refuses a mismatch.
+        if let Some(digest) = info.custom.get("sha256").and_then(|h| sha256_bytes(h)) {
+            put = put.sha256(digest);
+        }
+        put.execute().await.map_err(|e| r2_error("put", key, e))?;
+        Ok(())
+    }
+
+    async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, PortError> {
+        let object = self.bucket.get(key).execute().await.map_err(|e| r2_error("get", key, e))?;
+        match object.as_ref().and_then(|o| o.body()) {
+            Some(body) => Ok(Some(body.bytes().await.map_err(|e| r2_error("reading", key, e))?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn delete(&mut self, key: &str) -> Result<(), PortError> {
+        self.bucket.delete(key).await.map_err(|e| r2_error("delete", key, e))
+    }
+
+    async fn create_multipart(&mut self, key: &str, info: &ObjectInfo) -> Result<String, PortError> {
+        let upload = self
+            .bucket
+            .create_multipart_upload(key)
+            .http_metadata(http_metadata(info))
+            .custom_metadata(custom_metadata(info))
+            .execute()
+            .await
+            .map_err(|e| r2_error("creating a multipart upload", key, e))?;
+        Ok(upload.upload_id().await)
+    }
+
+    async fn upload_part(&mut self, key: &str, upload_id: &str, number: u16, bytes: Vec<u8>) -> Result<String, PortError> {
+        let upload = self
+            .bucket
+            .resume_multipart_upload(key, upload_id)
+            .map_err(|e| r2_error("resuming the multipart upload", key, e))?;
+        let part = upload
+            .upload_part(number, bytes)
+            .await
+            .map_err(|e| r2_error(&format!("uploading part {number}"), key, e))?;
+        Ok(part.etag())
+    }
+
+    async fn complete_multipart(&mut self, key: &str, upload_id: &str, parts: &[UploadedPart]) -> Result<(), PortError> {
+        let upload = self
+            .bucket
+            .resume_multipart_upload(key, upload_id)
+            .map_err(|e| r2_error("resuming the multipart upload", key, e))?;
+        let parts: Vec<worker::UploadedPart> = parts.iter().map(|p| worker::UploadedPart::new(p.number, p.etag.clone())).collect();
+        upload.complete(parts).await.map_err(|e| r2_error("completing the multipart upload", key, e))?;
+        Ok(())
+    }
+
+    async fn abort_multipart(&mut self, key: &str, upload_id: &str) -> Result<(), PortError> {
+        let upload = self
+            .bucket
+            .resume_multipart_upload(key, upload_id)
+            .map_err(|e| r2_error("resuming the multipart upload", key, e))?;
+        upload.abort().await.map_err(|e| r2_error("aborting the multipart upload", key, e))
+    }
+}
