@@ -15,7 +15,7 @@ CHINOOK_SQL=../shared/fixtures/chinook/Chinook_Sqlite.sql
 export WRANGLER_SEND_METRICS=false CI=${CI:-true}
 
 # Source databases and their seed files; each is a D1 database in consumer/wrangler.toml.
-declare -A SEEDS=([chinook]="$CHINOOK_SQL" [demo]=seed/demo.sql [hostile]=tests/fixtures/hostile.sql)
+declare -A SEEDS=([chinook]="$CHINOOK_SQL" [demo]=seed/demo.sql [hostile]=tests/fixtures/hostile.sql [bulk]=seed/bulk.sql)
 
 prepare() {
   local state_dir=$1

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from stack import ROOT, SMALL_BUDGET_QUERIES, Stack
+from stack import ROOT, SMALL_BUDGET, Stack
 
 
 @pytest.fixture(scope="session")
 def stack():
     """One local stack for the session, with its own port and state directory. Its consumer may
-    make only 14 D1 queries per invocation (6 of them for the export), so every backup the
-    tests make of a real database continues over several queue messages."""
+    make only 14 D1 queries (6 of them for the export) and write about 1 MB per invocation,
+    so every backup the tests make of a real database continues over several queue messages."""
     state_dir = Path(os.environ.get("E2E_STATE_DIR") or ROOT / "target" / "e2e" / uuid.uuid4().hex[:12])
-    s = Stack(state_dir, consumer_vars={"EXPORT_MAX_QUERIES": str(SMALL_BUDGET_QUERIES)})
+    s = Stack(state_dir, consumer_vars=SMALL_BUDGET)
     # Torn down however the session ends: normal exit, failure, Ctrl-C or SIGTERM.
     atexit.register(s.stop)
     previous = signal.getsignal(signal.SIGTERM)

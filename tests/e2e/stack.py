@@ -15,8 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 ADMIN_TOKEN = "e2e-admin-token"
-# The e2e stack's consumer query budget per invocation (the smallest allowed is 10).
-SMALL_BUDGET_QUERIES = 14
+# The e2e stack's consumer budget per invocation (the smallest query budget allowed is 10).
+SMALL_BUDGET = {"EXPORT_MAX_QUERIES": "14", "EXPORT_MAX_MB": "1"}
 
 
 def free_port() -> int:

@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 import pytest
 
 
-DATABASES = ["chinook", "demo", "hostile"]
+DATABASES = ["bulk", "chinook", "demo", "hostile"]
 # demo is configured with gzip: its dumps are .sql.gz.
-EXTENSION = {"chinook": "sql", "demo": "sql.gz", "hostile": "sql"}
+EXTENSION = {"bulk": "sql", "chinook": "sql", "demo": "sql.gz", "hostile": "sql"}
 COMPLETE = b"-- Dump complete:"
 
 

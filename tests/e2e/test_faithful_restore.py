@@ -99,3 +99,10 @@ def test_chinook_restores_exactly_through_both_clients(stack, tmp_path):
     (d1_counts,) = stack.d1_queries(restored, [counts_sql], config=config)[0]
     assert shell_counts == source_counts == d1_counts
     assert source_counts["Track"] == 3503
+
+
+def test_a_dump_over_several_parts_and_steps_restores_exactly(stack, tmp_path):
+    dump, shell_db, restored, config = restore_both_ways(stack, "bulk", tmp_path)
+    assert dump.stat().st_size > 5 * 1024 * 1024, "bulk should need more than one R2 part"
+    tables, expected = compare_all_tables(stack, "bulk", shell_db, restored, config)
+    assert tables == ["chunks"] and len(expected[0]) == 1200
