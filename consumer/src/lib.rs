@@ -129,7 +129,7 @@ async fn run_step(env: &Env, msg: &BackupMessage, run: &RunView) -> std::result:
         .map(|d| d.binding.clone())
         .ok_or_else(|| format!("database {:?} is not configured", msg.database))?;
     let source_db = env.d1(&binding).map_err(|e| format!("binding {binding}: {e}"))?;
-    let bookmark = checkpoint.as_ref().and_then(|c| c.export.bookmark().map(str::to_owned));
+    let bookmark = checkpoint.as_ref().and_then(|c| c.bookmark().map(str::to_owned));
     let mut source = D1Source::open(&source_db, bookmark.as_deref()).map_err(|e| e.to_string())?;
     let mut store = R2Store::new(env.bucket(bindings::BACKUPS).map_err(|e| e.to_string())?);
     let clock = || Date::now().as_millis() as i64;

@@ -56,6 +56,11 @@ impl ObjectStore for R2Store {
         }
     }
 
+    async fn head(&mut self, key: &str) -> Result<Option<u64>, PortError> {
+        let object = self.bucket.head(key).await.map_err(|e| r2_error("head", key, e))?;
+        Ok(object.map(|o| o.size()))
+    }
+
     async fn delete(&mut self, key: &str) -> Result<(), PortError> {
         self.bucket.delete(key).await.map_err(|e| r2_error("delete", key, e))
     }

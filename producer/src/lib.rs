@@ -7,7 +7,7 @@ use platform::meta::{self, NewJob, Trigger};
 use platform::{bindings, config, millis_to_utc, now};
 use shared::keys::{BackupKey, BackupKind};
 use shared::message::BackupMessage;
-use shared::trigger::{plan_trigger, ApiError, MAX_BODY_BYTES};
+use shared::trigger::{fault_injection_allowed, plan_trigger, ApiError, TriggerPlan, MAX_BODY_BYTES};
 use uuid::Uuid;
 use worker::*;
 
@@ -80,12 +80,13 @@ async fn trigger(req: &mut Request, env: &Env) -> Result<Response> {
     }
     let body = req.bytes().await?;
     let configured = config::databases(env)?;
-    let plan = match plan_trigger(&body, &configured) {
+    let environment = env.var("ENVIRONMENT").ok().map(|v| v.to_string());
+    let plan = match plan_trigger(&body, &configured, fault_injection_allowed(environment.as_deref())) {
         Ok(plan) => plan,
         Err(e) => return api_error(e),
     };
     let job_id =
-        enqueue_job(env, BackupKind::Manual, Trigger::Http, plan.reason.as_deref(), now(), &plan.databases)
+        enqueue_job(env, BackupKind::Manual, Trigger::Http, now(), &plan)
             .await?;
     json(
         202,
@@ -98,25 +99,34 @@ async fn enqueue_job(
     env: &Env,
     kind: BackupKind,
     trigger: Trigger,
-    reason: Option<&str>,
     requested_at: DateTime<Utc>,
-    databases: &[String],
+    plan: &TriggerPlan,
 ) -> Result<Uuid> {
     let job_id = Uuid::new_v4();
     let meta_db = env.d1(bindings::META)?;
     let configured = config::databases(env)?;
-    let keys: Vec<BackupKey> = databases
+    let keys: Vec<BackupKey> = plan
+        .databases
         .iter()
         .map(|db| {
             let gzip = configured.iter().any(|c| &c.name == db && c.gzip);
             BackupKey::for_run(kind, requested_at.date_naive(), job_id, db).gzipped(gzip)
         })
         .collect();
+    let reason = plan.reason.as_deref();
     meta::create_job(&meta_db, &NewJob { id: job_id, kind, trigger, reason, requested_at, keys: &keys }, now())
         .await?;
     let queue = env.queue(bindings::BACKUP_QUEUE)?;
-    let messages: Vec<BackupMessage> =
-        databases.iter().map(|db| BackupMessage::new(job_id, db, kind, requested_at)).collect();
+    let copies = if plan.deliver_twice { 2 } else { 1 };
+    let messages: Vec<BackupMessage> = plan
+        .databases
+        .iter()
+        .flat_map(|db| {
+            let mut message = BackupMessage::new(job_id, db, kind, requested_at);
+            message.fault = plan.faults.get(db).copied();
+            std::iter::repeat_n(message, copies)
+        })
+        .collect();
     for chunk in messages.chunks(SEND_BATCH_MAX) {
         queue.send_batch(chunk.to_vec()).await?;
     }
@@ -143,7 +153,8 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     let requested_at = millis_to_utc(event.schedule() as i64);
     let result = async {
         let databases: Vec<String> = config::databases(&env)?.into_iter().map(|d| d.name).collect();
-        enqueue_job(&env, BackupKind::Daily, Trigger::Cron, None, requested_at, &databases).await
+        let plan = TriggerPlan { databases, ..TriggerPlan::default() };
+        enqueue_job(&env, BackupKind::Daily, Trigger::Cron, requested_at, &plan).await
     }
     .await;
     match result {

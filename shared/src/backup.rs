@@ -10,7 +10,7 @@
 //! The steps of an export are byte for byte the dump a single step would write; with gzip,
 //! each step writes one gzip member, and gzip readers join members into the same SQL.
 
-use crate::dump::{export_step, DumpError, DumpOptions, ExportCursor, ExportProgress, StepBudget, TableCount};
+use crate::dump::{export_step, DumpError, DumpOptions, ExportCursor, ExportProgress, ExportTotals, StepBudget, TableCount};
 use crate::ports::{ByteSink, Clock, ObjectInfo, ObjectStore, PortError, SqlSource, UploadedPart};
 use crate::sha256::ResumableSha256;
 use chrono::{DateTime, Utc};
@@ -66,13 +66,33 @@ pub struct BackupCheckpoint {
     /// Steps done so far.
     pub step: u32,
     pub target: BackupTarget,
-    pub export: ExportCursor,
+    pub export: ExportState,
     pub upload_id: Option<String>,
     pub parts: Vec<UploadedPart>,
     /// Over every byte of the object produced so far, the tail included.
     pub hash: ResumableSha256,
     /// The staging object holding the tail, when there is one.
     pub tail_key: Option<String>,
+}
+
+/// How far the export behind a checkpoint has got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ExportState {
+    /// Rows remain: continue from this cursor.
+    Exporting(ExportCursor),
+    /// Every byte is produced: the next step only completes the multipart upload.
+    Finished(ExportTotals),
+}
+
+impl BackupCheckpoint {
+    /// The D1 bookmark the export started at: later steps read at or after it.
+    pub fn bookmark(&self) -> Option<&str> {
+        match &self.export {
+            ExportState::Exporting(cursor) => cursor.bookmark(),
+            ExportState::Finished(totals) => totals.bookmark.as_deref(),
+        }
+    }
 }
 
 /// A finished backup, as stored.
@@ -134,6 +154,16 @@ pub async fn backup_step<S: SqlSource, O: ObjectStore, C: Clock>(
     resume: Option<&BackupCheckpoint>,
 ) -> Result<BackupProgress, BackupError> {
     let target = resume.map(|c| &c.target).unwrap_or(target);
+    let superseded = resume.and_then(|c| c.tail_key.clone());
+    let step = resume.map_or(0, |c| c.step) + 1;
+    let cursor = match resume.map(|c| &c.export) {
+        Some(ExportState::Finished(totals)) => {
+            return complete_multipart(store, resume.unwrap(), totals, step, superseded).await
+        }
+        Some(ExportState::Exporting(cursor)) => Some(cursor.clone()),
+        None => None,
+    };
+
     let mut writer = ObjectWriter::resume(store, target, resume).await?;
     let result = export_step(
         source,
@@ -141,19 +171,20 @@ pub async fn backup_step<S: SqlSource, O: ObjectStore, C: Clock>(
         clock,
         &target.dump_options(),
         budget,
-        resume.map(|c| c.export.clone()),
+        cursor,
     )
     .await;
-    let superseded = resume.and_then(|c| c.tail_key.clone());
-    let step = resume.map_or(0, |c| c.step) + 1;
     let outcome = match result {
-        Ok(ExportProgress::Paused(export)) => writer.pause(step).await.map(|(upload_id, parts, hash, tail_key)| {
-            BackupProgress::Paused {
-                checkpoint: BackupCheckpoint { step, target: target.clone(), export, upload_id, parts, hash, tail_key },
-                superseded,
-            }
+        Ok(ExportProgress::Paused(cursor)) => writer.pause(step, ExportState::Exporting(cursor)).await.map(|checkpoint| {
+            BackupProgress::Paused { checkpoint, superseded }
         }),
-        Ok(ExportProgress::Finished(totals)) => writer.complete(&totals.tables, totals.rows).await.map(|(bytes, sha256)| {
+        // A multipart dump is completed in a step of its own, which can tell from the object
+        // whether an earlier attempt already completed it (R2 forgets a completed upload).
+        Ok(ExportProgress::Finished(totals)) if writer.upload_id.is_some() => writer
+            .pause(step, ExportState::Finished(totals))
+            .await
+            .map(|checkpoint| BackupProgress::Paused { checkpoint, superseded }),
+        Ok(ExportProgress::Finished(totals)) => writer.put_whole(&totals).await.map(|(bytes, sha256)| {
             BackupProgress::Complete {
                 summary: BackupSummary {
                     key: target.key.clone(),
@@ -173,6 +204,55 @@ pub async fn backup_step<S: SqlSource, O: ObjectStore, C: Clock>(
         writer.abandon().await;
     }
     outcome
+}
+
+/// The last step of a multipart dump: uploads the tail as the last part and completes the
+/// upload, unless an earlier attempt of this step already did.
+async fn complete_multipart<O: ObjectStore>(
+    store: &mut O,
+    checkpoint: &BackupCheckpoint,
+    totals: &ExportTotals,
+    step: u32,
+    superseded: Option<String>,
+) -> Result<BackupProgress, BackupError> {
+    let target = &checkpoint.target;
+    let totals = totals.clone();
+    let (bytes, sha256) = (checkpoint.hash.len(), checkpoint.hash.hex_digest());
+    let already_complete = store.head(&target.key).await? == Some(bytes);
+    if !already_complete {
+        let mut writer = ObjectWriter::resume(store, target, Some(checkpoint)).await?;
+        // The tail was hashed when it was produced; only its upload is left.
+        let tail = std::mem::take(&mut writer.buffer);
+        if !tail.is_empty() {
+            writer.upload_part(tail).await?;
+        }
+        let upload_id = writer.upload_id.clone().expect("a multipart checkpoint has an upload");
+        let parts = std::mem::take(&mut writer.parts);
+        store.complete_multipart(&target.key, &upload_id, &parts).await?;
+        verify_size(store, &target.key, bytes).await?;
+    }
+    Ok(BackupProgress::Complete {
+        summary: BackupSummary {
+            key: target.key.clone(),
+            tables: totals.tables,
+            rows: totals.rows,
+            bytes,
+            sha256,
+            steps: step,
+            bookmark: totals.bookmark,
+        },
+        superseded,
+    })
+}
+
+/// No run is recorded as a success without its whole object in place.
+async fn verify_size<O: ObjectStore>(store: &mut O, key: &str, bytes: u64) -> Result<(), BackupError> {
+    match store.head(key).await? {
+        Some(size) if size == bytes => Ok(()),
+        found => Err(BackupError::Store(PortError(format!(
+            "{key} holds {found:?} bytes after completion, expected {bytes}"
+        )))),
+    }
 }
 
 /// Frees what a backup that will never finish holds: its upload's parts and its tail.
@@ -269,11 +349,12 @@ impl<'a, O: ObjectStore> ObjectWriter<'a, O> {
         Ok(())
     }
 
-    /// Parks the tail and returns the state to checkpoint.
+    /// Parks the tail and returns the checkpoint to continue from.
     async fn pause(
         &mut self,
         step: u32,
-    ) -> Result<(Option<String>, Vec<UploadedPart>, ResumableSha256, Option<String>), BackupError> {
+        export: ExportState,
+    ) -> Result<BackupCheckpoint, BackupError> {
         self.end_member().await?;
         let tail_key = if self.buffer.is_empty() {
             None
@@ -284,34 +365,31 @@ impl<'a, O: ObjectStore> ObjectWriter<'a, O> {
             Some(key)
         };
         self.started_upload = false;
-        Ok((self.upload_id.clone(), self.parts.clone(), self.hash.clone(), tail_key))
+        Ok(BackupCheckpoint {
+            step,
+            target: self.target.clone(),
+            export,
+            upload_id: self.upload_id.clone(),
+            parts: self.parts.clone(),
+            hash: self.hash.clone(),
+            tail_key,
+        })
     }
 
-    /// Stores the rest and makes the object visible at its key; returns its size and SHA-256.
-    async fn complete(&mut self, tables: &[TableCount], rows: u64) -> Result<(u64, String), BackupError> {
+    /// Stores a dump that never needed a multipart upload with one put, which can carry the
+    /// verified facts as metadata; returns its size and SHA-256.
+    async fn put_whole(&mut self, totals: &ExportTotals) -> Result<(u64, String), BackupError> {
         self.end_member().await?;
         let (bytes, sha256) = (self.hash.len(), self.hash.hex_digest());
-        match self.upload_id.clone() {
-            None => {
-                // Small enough for one put, which can carry the verified facts as metadata.
-                let mut custom = self.target.metadata.clone();
-                custom.insert("sha256".into(), sha256.clone());
-                custom.insert("bytes".into(), bytes.to_string());
-                custom.insert("rows".into(), rows.to_string());
-                custom.insert("tables".into(), tables.len().to_string());
-                let info = ObjectInfo { content_type: self.target.content_type().into(), custom };
-                let body = std::mem::take(&mut self.buffer);
-                self.store.put(&self.target.key, body, &info).await?;
-            }
-            Some(upload_id) => {
-                if !self.buffer.is_empty() {
-                    let last = std::mem::take(&mut self.buffer);
-                    self.upload_part(last).await?;
-                }
-                self.store.complete_multipart(&self.target.key, &upload_id, &self.parts).await?;
-                self.started_upload = false;
-            }
-        }
+        let mut custom = self.target.metadata.clone();
+        custom.insert("sha256".into(), sha256.clone());
+        custom.insert("bytes".into(), bytes.to_string());
+        custom.insert("rows".into(), totals.rows.to_string());
+        custom.insert("tables".into(), totals.tables.len().to_string());
+        let info = ObjectInfo { content_type: self.target.content_type().into(), custom };
+        let body = std::mem::take(&mut self.buffer);
+        self.store.put(&self.target.key, body, &info).await?;
+        verify_size(self.store, &self.target.key, bytes).await?;
         Ok((bytes, sha256))
     }
 

@@ -7,6 +7,7 @@
 pub mod backup;
 pub mod config;
 pub mod dump;
+pub mod faults;
 pub mod keys;
 pub mod message;
 pub mod ports;

@@ -3,6 +3,7 @@
 //! Every message carries a format version `v`; a consumer refuses versions it does not know
 //! instead of guessing. Messages stay far below the Queues limit of 128 KB.
 
+use crate::faults::Fault;
 use crate::keys::BackupKind;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -25,11 +26,14 @@ pub struct BackupMessage {
     /// checkpoint that step n - 1 saved in the metadata database.
     #[serde(default)]
     pub step: u32,
+    /// Fault injection, on local and test stacks only (see `faults`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
 }
 
 impl BackupMessage {
     pub fn new(job_id: Uuid, database: &str, kind: BackupKind, requested_at: DateTime<Utc>) -> Self {
-        BackupMessage { v: MESSAGE_VERSION, job_id, database: database.to_owned(), kind, requested_at, step: 0 }
+        BackupMessage { v: MESSAGE_VERSION, job_id, database: database.to_owned(), kind, requested_at, step: 0, fault: None }
     }
 
     /// The message that continues this export at `step`.

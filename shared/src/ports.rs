@@ -78,6 +78,8 @@ pub trait ObjectStore {
     async fn put(&mut self, key: &str, bytes: Vec<u8>, info: &ObjectInfo) -> Result<(), PortError>;
     /// The whole object, or `None` if there is none at `key`. Only for small objects.
     async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, PortError>;
+    /// The size of the object at `key`, or `None` if there is none.
+    async fn head(&mut self, key: &str) -> Result<Option<u64>, PortError>;
     async fn delete(&mut self, key: &str) -> Result<(), PortError>;
     /// Starts a multipart upload; returns its id.
     async fn create_multipart(&mut self, key: &str, info: &ObjectInfo) -> Result<String, PortError>;

@@ -1,7 +1,9 @@
 //! Validation of `POST /trigger` bodies, as plain data: bytes in, a plan or an HTTP error out.
 
 use crate::config::DatabaseConfig;
+use crate::faults::Fault;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 /// Largest accepted body. A legitimate request names databases and a reason: a few KB at most.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -23,27 +25,44 @@ impl ApiError {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct TriggerBody {
     databases: Option<Vec<String>>,
     reason: Option<String>,
+    /// Fault injection (local and test stacks only): database name → fault.
+    faults: Option<BTreeMap<String, Fault>>,
+    /// Fault injection: send every message twice, as an at-least-once queue may deliver it.
+    deliver_twice: Option<bool>,
 }
 
 /// What a valid trigger asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TriggerPlan {
     /// Configured database names, in configuration order.
     pub databases: Vec<String>,
     pub reason: Option<String>,
+    pub faults: BTreeMap<String, Fault>,
+    pub deliver_twice: bool,
+}
+
+/// Whether this deployment accepts fault injection: only a producer whose `ENVIRONMENT` var
+/// says `local` or `test`. Unset means production.
+pub fn fault_injection_allowed(environment: Option<&str>) -> bool {
+    matches!(environment, Some("local") | Some("test"))
 }
 
 /// Parses a trigger body (empty means "every database, no reason").
-pub fn plan_trigger(body: &[u8], configured: &[DatabaseConfig]) -> Result<TriggerPlan, ApiError> {
+pub fn plan_trigger(
+    body: &[u8],
+    configured: &[DatabaseConfig],
+    faults_allowed: bool,
+) -> Result<TriggerPlan, ApiError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(ApiError::new(413, "body_too_large", format!("body exceeds {MAX_BODY_BYTES} bytes")));
     }
     let all: Vec<String> = configured.iter().map(|d| d.name.clone()).collect();
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(TriggerPlan { databases: all, reason: None });
+        return Ok(TriggerPlan { databases: all, ..TriggerPlan::default() });
     }
     let parsed: TriggerBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
@@ -78,7 +97,23 @@ pub fn plan_trigger(body: &[u8], configured: &[DatabaseConfig]) -> Result<Trigge
             all.into_iter().filter(|name| requested.contains(name)).collect()
         }
     };
-    Ok(TriggerPlan { databases, reason: parsed.reason })
+    let injects = parsed.faults.is_some() || parsed.deliver_twice.is_some();
+    if injects && !faults_allowed {
+        return Err(ApiError::new(
+            400,
+            "fault_injection_disabled",
+            "faults and deliverTwice are for local and test stacks only; this deployment refuses them",
+        ));
+    }
+    let faults = parsed.faults.unwrap_or_default();
+    if let Some(name) = faults.keys().find(|name| !databases.contains(name)) {
+        return Err(ApiError::new(
+            400,
+            "unknown_database",
+            format!("fault for {name:?}, which this trigger does not back up"),
+        ));
+    }
+    Ok(TriggerPlan { databases, reason: parsed.reason, faults, deliver_twice: parsed.deliver_twice.unwrap_or(false) })
 }
 
 #[cfg(test)]
@@ -94,15 +129,15 @@ mod tests {
 
     #[test]
     fn empty_body_means_every_database() {
-        let plan = plan_trigger(b"", &configured()).unwrap();
+        let plan = plan_trigger(b"", &configured(), false).unwrap();
         assert_eq!(plan.databases, ["chinook", "demo"]);
-        assert_eq!(plan_trigger(b" \n", &configured()).unwrap(), plan);
-        assert_eq!(plan_trigger(b"{}", &configured()).unwrap(), plan);
+        assert_eq!(plan_trigger(b" \n", &configured(), false).unwrap(), plan);
+        assert_eq!(plan_trigger(b"{}", &configured(), false).unwrap(), plan);
     }
 
     #[test]
     fn chosen_databases_and_reason() {
-        let plan = plan_trigger(br#"{"databases":["demo"],"reason":"before migration"}"#, &configured()).unwrap();
+        let plan = plan_trigger(br#"{"databases":["demo"],"reason":"before migration"}"#, &configured(), false).unwrap();
         assert_eq!(plan.databases, ["demo"]);
         assert_eq!(plan.reason.as_deref(), Some("before migration"));
     }
@@ -124,16 +159,32 @@ mod tests {
             (long_reason.as_bytes(), 400, "invalid_reason"),
         ];
         for (body, status, code) in cases {
-            let err = plan_trigger(body, &configured()).unwrap_err();
+            let err = plan_trigger(body, &configured(), false).unwrap_err();
             assert_eq!((err.status, err.code), (status, code), "{}", String::from_utf8_lossy(body));
         }
         let huge = vec![b' '; MAX_BODY_BYTES + 1];
-        assert_eq!(plan_trigger(&huge, &configured()).unwrap_err().status, 413);
+        assert_eq!(plan_trigger(&huge, &configured(), false).unwrap_err().status, 413);
+    }
+
+    #[test]
+    fn faults_only_where_allowed_and_only_for_backed_up_databases() {
+        let body = br#"{"databases":["demo"],"faults":{"demo":{"stage":"r2_part","failAttempts":2}},"deliverTwice":true}"#;
+        let err = plan_trigger(body, &configured(), false).unwrap_err();
+        assert_eq!((err.status, err.code), (400, "fault_injection_disabled"));
+        let plan = plan_trigger(body, &configured(), true).unwrap();
+        assert_eq!(plan.faults["demo"].fail_attempts, 2);
+        assert!(plan.deliver_twice);
+        let other = br#"{"databases":["demo"],"faults":{"chinook":{"stage":"d1_query","failAttempts":1}}}"#;
+        assert_eq!(plan_trigger(other, &configured(), true).unwrap_err().code, "unknown_database");
+        let bad = br#"{"faults":{"demo":{"stage":"nowhere","failAttempts":1}}}"#;
+        assert_eq!(plan_trigger(bad, &configured(), true).unwrap_err().code, "invalid_body");
+        assert!(fault_injection_allowed(Some("test")) && fault_injection_allowed(Some("local")));
+        assert!(!fault_injection_allowed(None) && !fault_injection_allowed(Some("production")));
     }
 
     #[test]
     fn unknown_database_error_lists_the_valid_ones() {
-        let err = plan_trigger(br#"{"databases":["x"]}"#, &configured()).unwrap_err();
+        let err = plan_trigger(br#"{"databases":["x"]}"#, &configured(), false).unwrap_err();
         assert!(err.message.contains("chinook") && err.message.contains("demo"), "{}", err.message);
     }
 }

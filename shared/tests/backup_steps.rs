@@ -165,7 +165,7 @@ fn a_small_dump_is_one_put_carrying_its_checksum_and_counts_as_metadata() {
     assert_eq!(info.custom["rows"], "15607");
     assert_eq!(info.custom["tables"], "11");
     assert_eq!(info.content_type, "application/sql; charset=utf-8");
-    assert_eq!(store.calls(), 1, "one put, no multipart upload");
+    assert_eq!(store.calls(), 2, "one put and the size check, no multipart upload");
 }
 
 #[test]

@@ -19,7 +19,10 @@ pub mod sql;
 use crate::ports::{ByteSink, Clock, PortError, SqlSource};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use sql::{comment_safe, ident, literal_expr};
+use sql::{
+    comment_safe, ident, literal_expr, outside_exact_print_range, printed_real, real_literal, scaled_real_expr,
+    unscale_real,
+};
 use std::fmt;
 
 pub const DUMP_FORMAT_VERSION: u32 = 1;
@@ -78,7 +81,8 @@ pub struct TableCount {
 }
 
 /// What a finished export wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ExportTotals {
     pub tables: Vec<TableCount>,
     pub rows: u64,
@@ -120,6 +124,8 @@ pub struct ExportCursor {
     /// Length of the INSERT statement left open by the last row written (0: none). The next
     /// row continues it or closes it exactly as an export without the pause would have.
     open_statement_bytes: usize,
+    /// Whether an oversized row has created the staging table, which the tail then drops.
+    uses_staging: bool,
 }
 
 impl ExportCursor {
@@ -271,7 +277,7 @@ async fn plan_schema<S: SqlSource, C: Clock>(meter: &mut Meter<'_, S, C>) -> Res
              LEFT JOIN pragma_table_xinfo(m.name) AS x \
                ON m.type = 'table' AND t.type IN ('table', 'virtual') \
              WHERE m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND m.name NOT LIKE '\\_cf\\_%' ESCAPE '\\' \
-               AND m.sql IS NOT NULL \
+               AND m.name <> '_d1_backup_staging' AND m.sql IS NOT NULL \
              ORDER BY m.rowid, x.cid",
         )
         .await?;
@@ -388,17 +394,24 @@ impl TablePlan {
     }
 }
 
-/// The query for one page of rows: the key columns' literals, then each column's literal.
-fn page_query(table: &TablePlan, after: Option<&[String]>, limit: u32) -> String {
-    let key_columns: Vec<String> = match &table.key {
-        PageKey::Rowid(alias) => vec![alias.clone()],
-        PageKey::PrimaryKey(cols) => cols.iter().map(|c| ident(c)).collect(),
-    };
-    let select: Vec<String> = key_columns
-        .iter()
-        .map(|k| literal_expr(k))
-        .chain(table.insert_columns.iter().map(|c| literal_expr(c)))
-        .collect();
+impl TablePlan {
+    /// The key columns, as SQL expressions.
+    fn key_columns(&self) -> Vec<String> {
+        match &self.key {
+            PageKey::Rowid(alias) => vec![alias.clone()],
+            PageKey::PrimaryKey(cols) => cols.iter().map(|c| ident(c)).collect(),
+        }
+    }
+
+    /// What a page reads, in order: the key columns, then each column an INSERT writes.
+    fn page_columns(&self) -> Vec<String> {
+        self.key_columns().into_iter().chain(self.insert_columns.iter().cloned()).collect()
+    }
+}
+
+/// The query for one page of rows, selecting `select` (expressions over the page's columns).
+fn page_query(table: &TablePlan, select: &[String], after: Option<&[String]>, limit: u32) -> String {
+    let key_columns = table.key_columns();
     let filter = match after {
         None => String::new(),
         Some(last) => format!(" WHERE ({}) > ({})", key_columns.join(", "), last.join(", ")),
@@ -413,15 +426,58 @@ fn page_query(table: &TablePlan, after: Option<&[String]>, limit: u32) -> String
     )
 }
 
-/// A WHERE condition matching one row by its key literals, in the restored table.
-fn row_filter(table: &TablePlan, key: &[String]) -> String {
-    match &table.key {
-        PageKey::Rowid(alias) => format!("{alias} = {}", key[0]),
-        PageKey::PrimaryKey(cols) => {
-            let cols: Vec<String> = cols.iter().map(|c| ident(c)).collect();
-            format!("({}) = ({})", cols.join(", "), key.join(", "))
+/// Reads one page: every column as an exact SQL literal (see `sql::literal_expr`).
+async fn read_page<S: SqlSource, C: Clock>(
+    meter: &mut Meter<'_, S, C>,
+    table: &TablePlan,
+    after: Option<&[String]>,
+    limit: u32,
+) -> Result<Vec<Vec<Option<String>>>, DumpError> {
+    let columns = table.page_columns();
+    let literals: Vec<String> = columns.iter().map(|c| literal_expr(c)).collect();
+    let mut page = meter.query(&page_query(table, &literals, after, limit)).await?;
+
+    // REALs arrive as SQLite's printf digits. Where those are exact they are rewritten as
+    // exact literals here; the others are read again, scaled into the exact range.
+    let mut rescale = std::collections::BTreeSet::new();
+    let printed_keys: Vec<Vec<Option<String>>> =
+        page.iter().map(|row| row[..table.key_len()].to_vec()).collect();
+    for row in page.iter_mut() {
+        for (j, cell) in row.iter_mut().enumerate() {
+            if let Some(x) = cell.as_deref().and_then(printed_real) {
+                if outside_exact_print_range(x) {
+                    rescale.insert(j);
+                } else {
+                    *cell = Some(real_literal(x));
+                }
+            }
         }
     }
+    if rescale.is_empty() {
+        return Ok(page);
+    }
+    let mut select: Vec<String> = literals[..table.key_len()].to_vec();
+    select.extend(rescale.iter().map(|j| scaled_real_expr(&columns[*j])));
+    let again = meter.query(&page_query(table, &select, after, limit)).await?;
+    let same_rows = again.len() == page.len()
+        && again.iter().zip(&printed_keys).all(|(row, keys)| row[..table.key_len()] == keys[..]);
+    if !same_rows {
+        return Err(DumpError::Source(PortError(format!(
+            "the rows of {:?} changed between two reads of one page; the step will be retried",
+            table.name
+        ))));
+    }
+    for (row, scaled) in page.iter_mut().zip(&again) {
+        for (n, j) in rescale.iter().enumerate() {
+            if let Some(text) = scaled.get(table.key_len() + n).and_then(|v| v.as_deref()) {
+                let x = unscale_real(text).ok_or_else(|| {
+                    DumpError::Source(PortError(format!("unreadable scaled REAL {text:?} in {:?}", table.name)))
+                })?;
+                row[*j] = Some(real_literal(x));
+            }
+        }
+    }
+    Ok(page)
 }
 
 /// Packs row tuples into multi-row INSERT statements below the size limit, writing as it
@@ -551,7 +607,7 @@ async fn begin<S: SqlSource, C: Clock, W: ByteSink>(
         Position::Rows { table: 0, after: None, page_rows: FIRST_PAGE_ROWS }
     };
     meter.write(sink, &start).await?;
-    Ok(ExportCursor { counts: vec![0; plan.tables.len()], plan, position, open_statement_bytes: 0 })
+    Ok(ExportCursor { counts: vec![0; plan.tables.len()], plan, position, open_statement_bytes: 0, uses_staging: false })
 }
 
 fn table_marker(table: &TablePlan) -> String {
@@ -572,7 +628,7 @@ async fn export_page<S: SqlSource, C: Clock, W: ByteSink>(
     let (index, limit) = (*index, (*page_rows).clamp(1, opts.rows_per_query.max(1)));
     let table = &cursor.plan.tables[index];
     let key_len = table.key_len();
-    let page = meter.query(&page_query(table, after.as_deref(), limit)).await?;
+    let page = read_page(meter, table, after.as_deref(), limit).await?;
 
     let mut packer = InsertPacker::new(table, cursor.open_statement_bytes, opts.max_statement_bytes);
     let mut chunk = String::new();
@@ -588,14 +644,11 @@ async fn export_page<S: SqlSource, C: Clock, W: ByteSink>(
             packer.push(&tuple, &mut chunk);
         } else {
             packer.finish(&mut chunk);
-            let statements = oversized::split_row(
-                &packer.prefix,
-                &ident(&table.name),
-                &table.insert_columns,
-                &row_filter(table, &key),
-                &values,
-                opts.max_statement_bytes,
-            )
+            if !cursor.uses_staging {
+                chunk.push_str(&oversized::create_staging());
+                cursor.uses_staging = true;
+            }
+            let statements = oversized::split_row(&packer.prefix, &values, opts.max_statement_bytes)
             .ok_or_else(|| {
                 DumpError::Unsupported(format!(
                     "a row of {:?} cannot be split into statements of at most {} bytes",
@@ -655,6 +708,10 @@ async fn finish<S: SqlSource, C: Clock, W: ByteSink>(
                 ));
             }
         }
+    }
+
+    if cursor.uses_staging {
+        tail.push_str(&format!("\n-- Staging table of the rows larger than one statement\n{}", oversized::drop_staging()));
     }
 
     if !plan.fts_rebuilds.is_empty() {

@@ -1,11 +1,26 @@
 //! Rows too large for one statement.
 //!
 //! D1 refuses statements over 100,000 bytes, but a row may hold up to 2,000,000 bytes. Such a
-//! row is restored by an INSERT in which every large value is an empty placeholder of its kind,
-//! followed by UPDATEs that append the value piece by piece, each statement under the limit.
+//! row's large values are first assembled in a staging table, each by an INSERT of its first
+//! piece followed by UPDATEs that append the rest, every statement under the limit; then one
+//! INSERT puts the whole row in its table, reading those values from the staging table.
+//!
+//! Building the values outside the table matters: the table only ever sees whole values, so
+//! CHECK constraints (`json_valid(doc)`), UNIQUE keys and numeric column affinity (which would
+//! turn a text prefix of digits into a number) act on the value as they did in the source.
 
-/// Values whose literal is at most this long stay in the INSERT.
-const INLINE_LIMIT: usize = 1024;
+/// The staging table's name: created before the first oversized row, dropped at the end.
+pub const STAGING_TABLE: &str = "_d1_backup_staging";
+
+/// Creates the staging table (once per dump, before its first use).
+pub fn create_staging() -> String {
+    format!("CREATE TABLE IF NOT EXISTS \"{STAGING_TABLE}\" (slot INTEGER PRIMARY KEY, v);\n")
+}
+
+/// Drops the staging table (at the end of a dump that used it).
+pub fn drop_staging() -> String {
+    format!("DROP TABLE IF EXISTS \"{STAGING_TABLE}\";\n")
+}
 
 /// The three forms a long literal takes (see `sql::literal_expr`); numbers are never long.
 enum LongLiteral<'a> {
@@ -54,59 +69,61 @@ fn hex_pieces(inner: &str, max: usize) -> Vec<&str> {
     inner.as_bytes().chunks(max).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect()
 }
 
-/// Statements restoring one oversized row. `insert_prefix` is `INSERT INTO t (cols) VALUES\n`,
-/// `columns` the identifiers it lists, `row_filter` a WHERE condition that finds the row just
-/// inserted. Returns `None` when even the placeholder INSERT would not fit.
-pub fn split_row(
-    insert_prefix: &str,
-    table: &str,
-    columns: &[String],
-    row_filter: &str,
-    values: &[String],
-    max_bytes: usize,
-) -> Option<Vec<String>> {
-    let mut inline = Vec::with_capacity(values.len());
-    let mut appends = Vec::new();
-    for (column, value) in columns.iter().zip(values) {
-        match classify(value).filter(|_| value.len() > INLINE_LIMIT) {
-            None => inline.push(value.as_str()),
-            Some(long) => {
-                let (placeholder, pieces): (&str, Vec<String>) = {
-                    // Room for one piece: the statement around it, with a margin for the quoting.
-                    let overhead = format!("UPDATE {table} SET {column} = CAST({column} || X'' AS BLOB) WHERE {row_filter};\n").len() + 32;
-                    let room = max_bytes.checked_sub(overhead).filter(|r| *r >= 16)?;
-                    match long {
-                        LongLiteral::Text(inner) => (
-                            "''",
-                            text_pieces(inner, room).into_iter().map(|p| format!("{column} || '{p}'")).collect(),
-                        ),
-                        LongLiteral::Blob(inner) => (
-                            "X''",
-                            // `||` yields TEXT; the cast makes the bytes a BLOB again.
-                            hex_pieces(inner, room).into_iter().map(|p| format!("CAST({column} || X'{p}' AS BLOB)")).collect(),
-                        ),
-                        LongLiteral::HexText(inner) => (
-                            "''",
-                            hex_pieces(inner, room)
-                                .into_iter()
-                                .map(|p| format!("{column} || CAST(X'{p}' AS TEXT)"))
-                                .collect(),
-                        ),
-                    }
-                };
-                inline.push(placeholder);
-                appends.extend(
-                    pieces.into_iter().map(|expr| format!("UPDATE {table} SET {column} = {expr} WHERE {row_filter};\n")),
-                );
-            }
+/// A value assembled in the staging table: its slot and the pieces of its literal.
+struct Staged {
+    slot: usize,
+    /// `'...'`, `X'...'` or `CAST(X'...' AS TEXT)` pieces, in order.
+    pieces: Vec<String>,
+}
+
+/// Statements restoring one row whose INSERT would exceed `max_bytes`. `insert_prefix` is
+/// `INSERT INTO t (cols) VALUES\n`. Values are staged, largest first, until the INSERT fits;
+/// `None` when even then it would not (or a piece cannot fit its statement).
+pub fn split_row(insert_prefix: &str, values: &[String], max_bytes: usize) -> Option<Vec<String>> {
+    let staging = format!("\"{STAGING_TABLE}\"");
+    // Room for one piece: the longest statement around it, with a margin for the quoting.
+    let overhead = format!("UPDATE {staging} SET v = v || CAST(X'' AS TEXT) WHERE slot = {};\n", values.len()).len() + 16;
+    let room = max_bytes.checked_sub(overhead).filter(|r| *r >= 16)?;
+
+    let mut by_size: Vec<usize> = (0..values.len()).filter(|i| classify(&values[*i]).is_some()).collect();
+    by_size.sort_by_key(|i| std::cmp::Reverse(values[*i].len()));
+    let mut row: Vec<String> = values.to_vec();
+    let mut staged = Vec::new();
+    let fits = |row: &[String]| insert_prefix.len() + row.iter().map(|v| v.len() + 1).sum::<usize>() + 3 <= max_bytes;
+    for slot in by_size {
+        if fits(&row) {
+            break;
         }
+        let (pieces, blob) = match classify(&values[slot])? {
+            LongLiteral::Text(inner) => (text_pieces(inner, room).into_iter().map(|p| format!("'{p}'")).collect(), false),
+            LongLiteral::Blob(inner) => (hex_pieces(inner, room).into_iter().map(|p| format!("X'{p}'")).collect(), true),
+            LongLiteral::HexText(inner) => {
+                (hex_pieces(inner, room).into_iter().map(|p| format!("CAST(X'{p}' AS TEXT)")).collect(), false)
+            }
+        };
+        let read = format!("(SELECT v FROM {staging} WHERE slot = {slot})");
+        // `||` yields TEXT even from BLOBs: the cast makes the bytes a BLOB again.
+        row[slot] = if blob { format!("CAST({read} AS BLOB)") } else { read };
+        staged.push(Staged { slot, pieces });
     }
-    let insert = format!("{insert_prefix}({});\n", inline.join(","));
-    if insert.len() > max_bytes || appends.iter().any(|s| s.len() > max_bytes) {
+    if !fits(&row) {
         return None;
     }
-    let mut statements = vec![insert];
-    statements.extend(appends);
+
+    let mut statements = Vec::new();
+    for value in &staged {
+        let mut pieces = value.pieces.iter();
+        let first = pieces.next().map_or("''", String::as_str);
+        statements.push(format!("INSERT INTO {staging} (slot, v) VALUES ({}, {first});\n", value.slot));
+        for piece in pieces {
+            statements.push(format!("UPDATE {staging} SET v = v || {piece} WHERE slot = {};\n", value.slot));
+        }
+    }
+    statements.push(format!("{insert_prefix}({});\n", row.join(",")));
+    statements.push(format!("DELETE FROM {staging};\n"));
+    if statements.iter().any(|s| s.len() > max_bytes) {
+        return None;
+    }
     Some(statements)
 }
 

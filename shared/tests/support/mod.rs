@@ -150,6 +150,11 @@ impl ObjectStore for MemoryStore {
         Ok(self.objects.get(key).map(|(bytes, _)| bytes.clone()))
     }
 
+    async fn head(&mut self, key: &str) -> Result<Option<u64>, PortError> {
+        self.call("head")?;
+        Ok(self.objects.get(key).map(|(bytes, _)| bytes.len() as u64))
+    }
+
     async fn delete(&mut self, key: &str) -> Result<(), PortError> {
         self.call("delete")?;
         self.objects.remove(key);

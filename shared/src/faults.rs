@@ -1,0 +1,141 @@
+//! Fault injection, for proving the queue pipeline's behaviour under failure.
+//!
+//! A local or test stack's `POST /trigger` accepts `faults`: per database, a stage at which the
+//! export fails and for how many delivery attempts. The fault travels in the queue message and
+//! the consumer wraps its D1 source and R2 store so that they fail at that stage while the
+//! message's attempt number is within the count. A production producer refuses such requests
+//! (see `trigger`), so no message there ever carries a fault.
+
+use crate::ports::{ObjectInfo, ObjectStore, PortError, SqlSource, UploadedPart};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultStage {
+    /// Every query to the source database.
+    D1Query,
+    /// Every write of the dump's bytes to R2 (part uploads and puts).
+    R2Part,
+    /// Making the object visible: the final put or the multipart completion.
+    Complete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fault {
+    pub stage: FaultStage,
+    /// Delivery attempts (1-based) that fail: 2 fails the first two, then the third succeeds.
+    pub fail_attempts: u32,
+}
+
+impl Fault {
+    /// Whether `stage` fails on delivery attempt `attempt`.
+    pub fn fails(fault: Option<&Fault>, stage: FaultStage, attempt: u32) -> bool {
+        fault.is_some_and(|f| f.stage == stage && attempt <= f.fail_attempts)
+    }
+}
+
+fn injected(stage: FaultStage, attempt: u32) -> PortError {
+    PortError(format!("injected fault: {stage:?} fails on attempt {attempt}"))
+}
+
+/// A source that fails every query while the fault is active.
+pub struct FaultySource<S> {
+    pub inner: S,
+    pub fault: Option<Fault>,
+    pub attempt: u32,
+}
+
+impl<S: SqlSource> SqlSource for FaultySource<S> {
+    async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PortError> {
+        if Fault::fails(self.fault.as_ref(), FaultStage::D1Query, self.attempt) {
+            return Err(injected(FaultStage::D1Query, self.attempt));
+        }
+        self.inner.query(sql).await
+    }
+
+    fn bookmark(&self) -> Option<String> {
+        self.inner.bookmark()
+    }
+}
+
+/// A store that fails writes (or the completion) while the fault is active.
+pub struct FaultyStore<O> {
+    pub inner: O,
+    pub fault: Option<Fault>,
+    pub attempt: u32,
+    /// The dump's final key: a put there is the completion of a small dump.
+    pub target_key: String,
+}
+
+impl<O> FaultyStore<O> {
+    fn check(&self, stage: FaultStage) -> Result<(), PortError> {
+        if Fault::fails(self.fault.as_ref(), stage, self.attempt) {
+            return Err(injected(stage, self.attempt));
+        }
+        Ok(())
+    }
+}
+
+impl<O: ObjectStore> ObjectStore for FaultyStore<O> {
+    async fn put(&mut self, key: &str, bytes: Vec<u8>, info: &ObjectInfo) -> Result<(), PortError> {
+        self.check(FaultStage::R2Part)?;
+        if key == self.target_key {
+            self.check(FaultStage::Complete)?;
+        }
+        self.inner.put(key, bytes, info).await
+    }
+
+    async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, PortError> {
+        self.inner.get(key).await
+    }
+
+    async fn head(&mut self, key: &str) -> Result<Option<u64>, PortError> {
+        self.inner.head(key).await
+    }
+
+    async fn delete(&mut self, key: &str) -> Result<(), PortError> {
+        self.inner.delete(key).await
+    }
+
+    async fn create_multipart(&mut self, key: &str, info: &ObjectInfo) -> Result<String, PortError> {
+        self.inner.create_multipart(key, info).await
+    }
+
+    async fn upload_part(&mut self, key: &str, upload_id: &str, number: u16, bytes: Vec<u8>) -> Result<String, PortError> {
+        self.check(FaultStage::R2Part)?;
+        self.inner.upload_part(key, upload_id, number, bytes).await
+    }
+
+    async fn complete_multipart(&mut self, key: &str, upload_id: &str, parts: &[UploadedPart]) -> Result<(), PortError> {
+        self.check(FaultStage::Complete)?;
+        self.inner.complete_multipart(key, upload_id, parts).await
+    }
+
+    async fn abort_multipart(&mut self, key: &str, upload_id: &str) -> Result<(), PortError> {
+        self.inner.abort_multipart(key, upload_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_fails_its_stage_for_its_attempts_only() {
+        let fault = Fault { stage: FaultStage::R2Part, fail_attempts: 2 };
+        assert!(Fault::fails(Some(&fault), FaultStage::R2Part, 1));
+        assert!(Fault::fails(Some(&fault), FaultStage::R2Part, 2));
+        assert!(!Fault::fails(Some(&fault), FaultStage::R2Part, 3));
+        assert!(!Fault::fails(Some(&fault), FaultStage::D1Query, 1));
+        assert!(!Fault::fails(None, FaultStage::D1Query, 1));
+    }
+
+    #[test]
+    fn faults_parse_strictly() {
+        let f: Fault = serde_json::from_str(r#"{"stage":"d1_query","failAttempts":99}"#).unwrap();
+        assert_eq!(f, Fault { stage: FaultStage::D1Query, fail_attempts: 99 });
+        assert!(serde_json::from_str::<Fault>(r#"{"stage":"disk","failAttempts":1}"#).is_err());
+        assert!(serde_json::from_str::<Fault>(r#"{"stage":"complete","failAttempts":1,"x":1}"#).is_err());
+    }
+}
