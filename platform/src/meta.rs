@@ -57,9 +57,35 @@ pub struct NewJob<'a> {
 }
 
 /// Records a job and one queued run per database, atomically.
-pub async fn create_job(db: &D1Database, job: &NewJob<'_>, now: DateTime<Utc>) -> Result<()> {
-    let now = timestamp(now);
-    let mut statements = vec![statement(
+/// An `Idempotency-Key` and the SHA-256 of the request it came with.
+pub struct Idempotency<'a> {
+    pub key: &'a str,
+    pub request_sha256: &'a str,
+}
+
+/// How long an `Idempotency-Key` holds its job.
+pub const IDEMPOTENCY_WINDOW_HOURS: i64 = 24;
+
+/// Records a job and its queued runs in one transaction. Returns `false`, recording nothing,
+/// when the job already exists in another form: its night's nightly job, or a job under the
+/// same idempotency key (see [`find_idempotent_job`] and [`nightly_job`]).
+pub async fn create_job(
+    db: &D1Database,
+    job: &NewJob<'_>,
+    idempotency: Option<&Idempotency<'_>>,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let created = timestamp(now);
+    let mut statements = Vec::new();
+    if let Some(idem) = idempotency {
+        let expired = timestamp(now - chrono::Duration::hours(IDEMPOTENCY_WINDOW_HOURS));
+        statements.push(statement(
+            db,
+            "DELETE FROM idempotency_keys WHERE key = ?1 AND created_at < ?2",
+            &[text(idem.key), text(&expired)],
+        )?);
+    }
+    statements.push(statement(
         db,
         "INSERT INTO jobs (id, kind, trigger, reason, requested_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         &[
@@ -68,9 +94,16 @@ pub async fn create_job(db: &D1Database, job: &NewJob<'_>, now: DateTime<Utc>) -
             text(job.trigger.as_str()),
             opt_text(job.reason),
             text(&timestamp(job.requested_at)),
-            text(&now),
+            text(&created),
         ],
-    )?];
+    )?);
+    if let Some(idem) = idempotency {
+        statements.push(statement(
+            db,
+            "INSERT INTO idempotency_keys (key, job_id, request_sha256, created_at) VALUES (?1, ?2, ?3, ?4)",
+            &[text(idem.key), text(&job.id.to_string()), text(idem.request_sha256), text(&created)],
+        )?);
+    }
     for key in job.keys {
         statements.push(statement(
             db,
@@ -81,12 +114,50 @@ pub async fn create_job(db: &D1Database, job: &NewJob<'_>, now: DateTime<Utc>) -
                 text(&job.id.to_string()),
                 text(&key.database),
                 text(&key.to_key()),
-                text(&now),
+                text(&created),
             ],
         )?);
     }
-    db.batch(statements).await?;
-    Ok(())
+    match db.batch(statements).await {
+        Ok(_) => Ok(true),
+        // The batch is one transaction: a duplicate nightly or idempotency key leaves nothing.
+        Err(e) if e.to_string().contains("UNIQUE constraint failed") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The job recorded under an unexpired idempotency key, with its request's SHA-256.
+pub async fn find_idempotent_job(db: &D1Database, key: &str, now: DateTime<Utc>) -> Result<Option<(Uuid, String)>> {
+    #[derive(Deserialize)]
+    struct Row {
+        job_id: String,
+        request_sha256: String,
+    }
+    let expired = timestamp(now - chrono::Duration::hours(IDEMPOTENCY_WINDOW_HOURS));
+    let row: Option<Row> = statement(
+        db,
+        "SELECT job_id, request_sha256 FROM idempotency_keys WHERE key = ?1 AND created_at >= ?2",
+        &[text(key), text(&expired)],
+    )?
+    .first(None)
+    .await?;
+    Ok(row.and_then(|r| Some((Uuid::parse_str(&r.job_id).ok()?, r.request_sha256))))
+}
+
+/// The nightly job of the night scheduled at `requested_at`, if one is recorded.
+pub async fn nightly_job(db: &D1Database, requested_at: DateTime<Utc>) -> Result<Option<Uuid>> {
+    #[derive(Deserialize)]
+    struct Row {
+        id: String,
+    }
+    let row: Option<Row> = statement(
+        db,
+        "SELECT id FROM jobs WHERE kind = 'daily' AND requested_at = ?1",
+        &[text(&timestamp(requested_at))],
+    )?
+    .first(None)
+    .await?;
+    Ok(row.and_then(|r| Uuid::parse_str(&r.id).ok()))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +182,24 @@ pub struct RunView {
     /// Where the next step resumes; internal, never shown by the API.
     #[serde(skip_serializing)]
     pub checkpoint: Option<String>,
+    /// Every delivery of every step, oldest first.
+    #[serde(default)]
+    pub history: Vec<AttemptView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))]
+pub struct AttemptView {
+    #[serde(skip_serializing)]
+    pub run_id: String,
+    pub step: u32,
+    pub attempt: u32,
+    pub started_at: String,
+    pub finished_at: String,
+    pub outcome: String,
+    pub error: Option<String>,
+    #[serde(rename(serialize = "retryDelaySeconds"))]
+    pub retry_delay_s: Option<u32>,
 }
 
 impl RunView {
@@ -154,6 +243,19 @@ async fn job_view(db: &D1Database, job: JobRow) -> Result<JobView> {
     .all()
     .await?
     .results()?;
+    let history: Vec<AttemptView> = statement(
+        db,
+        "SELECT run_id, step, attempt, started_at, finished_at, outcome, error, retry_delay_s FROM run_attempts \
+         WHERE run_id IN (SELECT id FROM runs WHERE job_id = ?1) ORDER BY finished_at, rowid",
+        &[text(&job.id)],
+    )?
+    .all()
+    .await?
+    .results()?;
+    let mut runs = runs;
+    for run in &mut runs {
+        run.history = history.iter().filter(|a| a.run_id == run.id).cloned().collect();
+    }
     let states: Vec<RunState> = runs.iter().map(RunView::state).collect();
     Ok(JobView {
         job_id: job.id,
@@ -202,20 +304,94 @@ pub async fn find_run(db: &D1Database, job_id: &Uuid, database: &str) -> Result<
 }
 
 /// Marks a run as running and counts the attempt.
-pub async fn start_run(db: &D1Database, run_id: &str, now: DateTime<Utc>) -> Result<()> {
+/// Takes the run for one delivery: marks it running and leases it to `owner` (the queue
+/// message id) until `lease_until`, unless another delivery holds an unexpired lease, the run
+/// has ended, or it is at another step. Returns whether this delivery may export.
+pub async fn acquire_run(
+    db: &D1Database,
+    run_id: &str,
+    step: u32,
+    owner: &str,
+    lease_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<bool> {
     let now = timestamp(now);
-    statement(
+    let result = statement(
         db,
         "UPDATE runs SET state = 'running', attempts = attempts + 1, error = NULL, \
-         started_at = coalesce(started_at, ?2), updated_at = ?2 WHERE id = ?1",
-        &[text(run_id), text(&now)],
+           lease_owner = ?3, lease_until = ?4, started_at = coalesce(started_at, ?5), updated_at = ?5 \
+         WHERE id = ?1 AND step = ?2 AND state NOT IN ('succeeded', 'dead') \
+           AND (lease_until IS NULL OR lease_until < ?5 OR lease_owner = ?3)",
+        &[text(run_id), number(u64::from(step)), text(owner), text(&timestamp(lease_until)), text(&now)],
     )?
     .run()
+    .await?;
+    Ok(result.meta()?.and_then(|m| m.changes).unwrap_or(0) == 1)
+}
+
+/// One delivery of one step, as it ended.
+pub struct Attempt<'a> {
+    pub run_id: &'a str,
+    pub step: u32,
+    /// The queue's attempt number for the message (1-based).
+    pub attempt: u32,
+    pub started_at: DateTime<Utc>,
+    pub outcome: &'a str,
+    pub error: Option<&'a str>,
+    pub retry_delay_seconds: Option<u32>,
+}
+
+fn attempt_statement(db: &D1Database, a: &Attempt<'_>, now: DateTime<Utc>) -> Result<D1PreparedStatement> {
+    statement(
+        db,
+        "INSERT INTO run_attempts (run_id, step, attempt, started_at, finished_at, outcome, error, retry_delay_s) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        &[
+            text(a.run_id),
+            number(u64::from(a.step)),
+            number(u64::from(a.attempt)),
+            text(&timestamp(a.started_at)),
+            text(&timestamp(now)),
+            text(a.outcome),
+            opt_text(a.error),
+            a.retry_delay_seconds.map(|d| number(u64::from(d))).unwrap_or(JsValue::NULL),
+        ],
+    )
+}
+
+pub async fn record_attempt(db: &D1Database, attempt: &Attempt<'_>, now: DateTime<Utc>) -> Result<()> {
+    attempt_statement(db, attempt, now)?.run().await?;
+    Ok(())
+}
+
+/// A message no consumer could read: kept, with an alert, instead of retried forever.
+pub async fn record_rejected(
+    db: &D1Database,
+    message_id: &str,
+    queue: &str,
+    body: &str,
+    error: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let now = timestamp(now);
+    // Bodies are kept whole up to 64 KiB, which is more than any message of ours.
+    let body: String = body.chars().take(65_536).collect();
+    db.batch(vec![
+        statement(
+            db,
+            "INSERT INTO rejected_messages (message_id, queue, body, error, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            &[text(message_id), text(queue), text(&body), text(error), text(&now)],
+        )?,
+        statement(
+            db,
+            "INSERT INTO alerts (kind, message, created_at) VALUES ('message_rejected', ?1, ?2)",
+            &[text(&format!("queue {queue}: message {message_id} rejected: {error}")), text(&now)],
+        )?,
+    ])
     .await?;
     Ok(())
 }
 
-/// Records a failed attempt: `retrying` while retries remain, `dead` after the last one.
 /// Records that step `from_step` finished and where the next one resumes. Only the first
 /// delivery to finish a step records it: returns false if the run had moved on already.
 pub async fn save_checkpoint(
@@ -223,30 +399,58 @@ pub async fn save_checkpoint(
     run_id: &str,
     from_step: u32,
     checkpoint: &str,
+    attempt: &Attempt<'_>,
     now: DateTime<Utc>,
 ) -> Result<bool> {
-    let result = statement(
-        db,
-        "UPDATE runs SET step = ?2 + 1, checkpoint = ?3, updated_at = ?4 \
-         WHERE id = ?1 AND step = ?2 AND state NOT IN ('succeeded', 'dead')",
-        &[text(run_id), number(u64::from(from_step)), text(checkpoint), text(&timestamp(now))],
-    )?
-    .run()
-    .await?;
-    Ok(result.meta()?.and_then(|m| m.changes).unwrap_or(0) == 1)
+    let results = db
+        .batch(vec![
+            statement(
+                db,
+                "UPDATE runs SET step = ?2 + 1, checkpoint = ?3, updated_at = ?4, lease_owner = NULL, \
+                   lease_until = NULL \
+                 WHERE id = ?1 AND step = ?2 AND state NOT IN ('succeeded', 'dead')",
+                &[text(run_id), number(u64::from(from_step)), text(checkpoint), text(&timestamp(now))],
+            )?,
+            attempt_statement(db, attempt, now)?,
+        ])
+        .await?;
+    Ok(results[0].meta()?.and_then(|m| m.changes).unwrap_or(0) == 1)
 }
 
-pub async fn fail_run(db: &D1Database, run_id: &str, state: RunState, error: &str, now: DateTime<Utc>) -> Result<()> {
-    let now = timestamp(now);
-    let finished = if state.is_final() { JsValue::from_str(&now) } else { JsValue::NULL };
-    statement(
+/// Records a failed delivery (`retrying`, with its attempt) or a dead run (with an alert).
+pub async fn fail_run(
+    db: &D1Database,
+    run: &RunView,
+    job_id: &str,
+    state: RunState,
+    error: &str,
+    attempt: Option<&Attempt<'_>>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let at = timestamp(now);
+    let finished = if state.is_final() { JsValue::from_str(&at) } else { JsValue::NULL };
+    let mut statements = vec![statement(
         db,
-        "UPDATE runs SET state = ?2, error = ?3, finished_at = ?4, updated_at = ?5, \
-         checkpoint = CASE WHEN ?2 = 'dead' THEN NULL ELSE checkpoint END WHERE id = ?1",
-        &[text(run_id), text(state.as_str()), text(error), finished, text(&now)],
-    )?
-    .run()
-    .await?;
+        "UPDATE runs SET state = ?2, error = ?3, finished_at = ?4, updated_at = ?5, lease_owner = NULL, \
+         lease_until = NULL, checkpoint = CASE WHEN ?2 = 'dead' THEN NULL ELSE checkpoint END WHERE id = ?1",
+        &[text(&run.id), text(state.as_str()), text(error), finished, text(&at)],
+    )?];
+    if let Some(attempt) = attempt {
+        statements.push(attempt_statement(db, attempt, now)?);
+    }
+    if state == RunState::Dead {
+        statements.push(statement(
+            db,
+            "INSERT INTO alerts (kind, job_id, database, message, created_at) VALUES ('run_dead', ?1, ?2, ?3, ?4)",
+            &[
+                text(job_id),
+                text(&run.database),
+                text(&format!("backup of {} is dead after {} attempts: {error}", run.database, run.attempts)),
+                text(&at),
+            ],
+        )?);
+    }
+    db.batch(statements).await?;
     Ok(())
 }
 
@@ -257,8 +461,10 @@ pub async fn succeed_run(
     run: &RunView,
     key: &BackupKey,
     summary: &BackupSummary,
+    attempt: &Attempt<'_>,
     now: DateTime<Utc>,
 ) -> Result<()> {
+    let attempt_row = attempt_statement(db, attempt, now)?;
     let now = timestamp(now);
     let r2_key = key.to_key();
     let tables = summary.tables.len() as u64;
@@ -267,8 +473,8 @@ pub async fn succeed_run(
         statement(
             db,
             "UPDATE runs SET state = 'succeeded', error = NULL, bytes = ?2, rows = ?3, tables = ?4, \
-             sha256 = ?5, finished_at = ?6, updated_at = ?6, step = ?7, bookmark = ?8, checkpoint = NULL \
-             WHERE id = ?1",
+             sha256 = ?5, finished_at = ?6, updated_at = ?6, step = ?7, bookmark = ?8, checkpoint = NULL, \
+             lease_owner = NULL, lease_until = NULL WHERE id = ?1",
             &[
                 text(&run.id),
                 number(summary.bytes),
@@ -303,6 +509,7 @@ pub async fn succeed_run(
             ],
         )?,
         statement(db, "DELETE FROM backup_tables WHERE key = ?1", &[text(&r2_key)])?,
+        attempt_row,
     ];
     for table in &summary.tables {
         statements.push(statement(

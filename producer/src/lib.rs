@@ -3,11 +3,14 @@
 
 use chrono::{DateTime, Utc};
 use platform::http::{authorize, error, json, Auth};
-use platform::meta::{self, NewJob, Trigger};
+use platform::meta::{self, Idempotency, NewJob, Trigger};
 use platform::{bindings, config, millis_to_utc, now};
 use shared::keys::{BackupKey, BackupKind};
 use shared::message::BackupMessage;
-use shared::trigger::{fault_injection_allowed, plan_trigger, ApiError, TriggerPlan, MAX_BODY_BYTES};
+use shared::sha256::ResumableSha256;
+use shared::trigger::{
+    check_idempotency_key, fault_injection_allowed, plan_trigger, ApiError, TriggerPlan, MAX_BODY_BYTES,
+};
 use uuid::Uuid;
 use worker::*;
 
@@ -78,6 +81,12 @@ async fn trigger(req: &mut Request, env: &Env) -> Result<Response> {
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
         return error(413, "body_too_large", format!("body exceeds {MAX_BODY_BYTES} bytes"));
     }
+    let idempotency_key = req.headers().get("Idempotency-Key")?;
+    if let Some(key) = &idempotency_key {
+        if let Err(e) = check_idempotency_key(key) {
+            return api_error(e);
+        }
+    }
     let body = req.bytes().await?;
     let configured = config::databases(env)?;
     let environment = env.var("ENVIRONMENT").ok().map(|v| v.to_string());
@@ -85,23 +94,71 @@ async fn trigger(req: &mut Request, env: &Env) -> Result<Response> {
         Ok(plan) => plan,
         Err(e) => return api_error(e),
     };
-    let job_id =
-        enqueue_job(env, BackupKind::Manual, Trigger::Http, now(), &plan)
-            .await?;
-    json(
-        202,
-        &serde_json::json!({ "jobId": job_id, "databases": plan.databases, "status": "queued" }),
-    )
+    let meta_db = env.d1(bindings::META)?;
+    let request_sha256 = {
+        let mut hash = ResumableSha256::new();
+        hash.update(&body);
+        hash.hex_digest()
+    };
+    let idempotency = idempotency_key.as_deref().map(|key| Idempotency { key, request_sha256: &request_sha256 });
+    if let Some(idem) = &idempotency {
+        if let Some(response) = replay(&meta_db, idem).await? {
+            return Ok(response);
+        }
+    }
+    match enqueue_job(env, BackupKind::Manual, Trigger::Http, now(), &plan, idempotency.as_ref()).await? {
+        Some(job_id) => json(
+            202,
+            &serde_json::json!({ "jobId": job_id, "databases": plan.databases, "status": "queued" }),
+        ),
+        // Another request with the same key won the race: answer with its job.
+        None => match &idempotency {
+            Some(idem) => match replay(&meta_db, idem).await? {
+                Some(response) => Ok(response),
+                None => error(409, "idempotency_conflict", "a request with this Idempotency-Key is in progress; retry"),
+            },
+            None => Err(Error::RustError("job creation conflicted without an idempotency key".into())),
+        },
+    }
+}
+
+/// The answer to a request whose `Idempotency-Key` already has a job: that job (200), or 422
+/// when the key came with a different body.
+async fn replay(meta_db: &D1Database, idem: &Idempotency<'_>) -> Result<Option<Response>> {
+    let Some((job_id, request_sha256)) = meta::find_idempotent_job(meta_db, idem.key, now()).await? else {
+        return Ok(None);
+    };
+    if request_sha256 != idem.request_sha256 {
+        return error(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used within 24 hours with a different request body",
+        )
+        .map(Some);
+    }
+    let Some(job) = meta::get_job(meta_db, &job_id).await? else {
+        return Ok(None);
+    };
+    let databases: Vec<&str> = job.runs.iter().map(|r| r.database.as_str()).collect();
+    let mut response = json(
+        200,
+        &serde_json::json!({ "jobId": job.job_id, "databases": databases, "status": job.status, "replayed": true }),
+    )?;
+    response.headers_mut().set("Idempotent-Replayed", "true")?;
+    Ok(Some(response))
 }
 
 /// Records a job with one queued run per database, then sends one message per database.
+/// Returns `None`, sending nothing, when the job exists already (the night's nightly job, or
+/// the job of the same idempotency key).
 async fn enqueue_job(
     env: &Env,
     kind: BackupKind,
     trigger: Trigger,
     requested_at: DateTime<Utc>,
     plan: &TriggerPlan,
-) -> Result<Uuid> {
+    idempotency: Option<&Idempotency<'_>>,
+) -> Result<Option<Uuid>> {
     let job_id = Uuid::new_v4();
     let meta_db = env.d1(bindings::META)?;
     let configured = config::databases(env)?;
@@ -114,8 +171,10 @@ async fn enqueue_job(
         })
         .collect();
     let reason = plan.reason.as_deref();
-    meta::create_job(&meta_db, &NewJob { id: job_id, kind, trigger, reason, requested_at, keys: &keys }, now())
-        .await?;
+    let job = NewJob { id: job_id, kind, trigger, reason, requested_at, keys: &keys };
+    if !meta::create_job(&meta_db, &job, idempotency, now()).await? {
+        return Ok(None);
+    }
     let queue = env.queue(bindings::BACKUP_QUEUE)?;
     let copies = if plan.deliver_twice { 2 } else { 1 };
     let messages: Vec<BackupMessage> = plan
@@ -130,7 +189,12 @@ async fn enqueue_job(
     for chunk in messages.chunks(SEND_BATCH_MAX) {
         queue.send_batch(chunk.to_vec()).await?;
     }
-    Ok(job_id)
+    // Fault injection: sent as parsed JSON (serde would turn objects into JS Maps).
+    for raw in &plan.raw_messages {
+        let value = js_sys::JSON::parse(&raw.to_string())?;
+        queue.send_raw(RawMessageBuilder::new(value).build_with_content_type(QueueContentType::Json)).await?;
+    }
+    Ok(Some(job_id))
 }
 
 async fn status(env: &Env) -> Result<Response> {
@@ -154,11 +218,13 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     let result = async {
         let databases: Vec<String> = config::databases(&env)?.into_iter().map(|d| d.name).collect();
         let plan = TriggerPlan { databases, ..TriggerPlan::default() };
-        enqueue_job(&env, BackupKind::Daily, Trigger::Cron, requested_at, &plan).await
+        enqueue_job(&env, BackupKind::Daily, Trigger::Cron, requested_at, &plan, None).await
     }
     .await;
     match result {
-        Ok(job_id) => console_log!("cron {} at {requested_at}: queued job {job_id}", event.cron()),
+        Ok(Some(job_id)) => console_log!("cron {} at {requested_at}: queued job {job_id}", event.cron()),
+        // A second firing for the same night (retried cron, overlapping deploys): one job.
+        Ok(None) => console_log!("cron {} at {requested_at}: this night's job exists already", event.cron()),
         Err(e) => console_error!("cron {} at {requested_at}: fan-out failed: {e}", event.cron()),
     }
 }

@@ -175,6 +175,45 @@ impl ExportLimits {
     }
 }
 
+/// Backoff between delivery attempts of a failed message (`RETRY_BASE_SECONDS`,
+/// `RETRY_MAX_SECONDS`): the delay doubles from the base with every attempt, up to the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub base_seconds: u32,
+    pub max_seconds: u32,
+}
+
+impl RetryPolicy {
+    pub const DEFAULT: RetryPolicy = RetryPolicy { base_seconds: 30, max_seconds: 900 };
+
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<RetryPolicy, ConfigError> {
+        let read = |name: &str, default: u32| -> Result<u32, ConfigError> {
+            match get(name) {
+                None => Ok(default),
+                // Queues delay a retry by at most 12 hours.
+                Some(text) => match text.trim().parse::<u32>() {
+                    Ok(v) if v <= 43_200 => Ok(v),
+                    _ => Err(ConfigError(format!("{name} must be a whole number of seconds up to 43200, not {text:?}"))),
+                },
+            }
+        };
+        let policy = RetryPolicy {
+            base_seconds: read("RETRY_BASE_SECONDS", Self::DEFAULT.base_seconds)?,
+            max_seconds: read("RETRY_MAX_SECONDS", Self::DEFAULT.max_seconds)?,
+        };
+        if policy.base_seconds > policy.max_seconds {
+            return Err(ConfigError("RETRY_BASE_SECONDS must not exceed RETRY_MAX_SECONDS".into()));
+        }
+        Ok(policy)
+    }
+
+    /// The delay before the attempt after `attempt` (1-based): base, 2 × base, 4 × base, ...
+    pub fn delay_seconds(&self, attempt: u32) -> u32 {
+        let doubled = u64::from(self.base_seconds) << attempt.saturating_sub(1).min(32);
+        doubled.min(u64::from(self.max_seconds)) as u32
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +243,17 @@ mod tests {
             let err = ExportLimits::from_vars(|n| (n == name).then(|| bad.to_string())).unwrap_err();
             assert!(err.0.contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn retry_delays_double_up_to_the_cap() {
+        let policy = RetryPolicy { base_seconds: 30, max_seconds: 300 };
+        let delays: Vec<u32> = (1..=6).map(|a| policy.delay_seconds(a)).collect();
+        assert_eq!(delays, [30, 60, 120, 240, 300, 300]);
+        assert_eq!(policy.delay_seconds(1000), 300);
+        assert_eq!(RetryPolicy::from_vars(|_| None).unwrap(), RetryPolicy::DEFAULT);
+        assert!(RetryPolicy::from_vars(|n| (n == "RETRY_BASE_SECONDS").then(|| "5000".into())).is_err());
+        assert!(RetryPolicy::from_vars(|n| (n == "RETRY_MAX_SECONDS").then(|| "soon".into())).is_err());
     }
 
     #[test]

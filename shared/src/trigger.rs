@@ -33,6 +33,8 @@ struct TriggerBody {
     faults: Option<BTreeMap<String, Fault>>,
     /// Fault injection: send every message twice, as an at-least-once queue may deliver it.
     deliver_twice: Option<bool>,
+    /// Fault injection: extra messages sent to the queue as they are (malformed ones, say).
+    raw_messages: Option<Vec<serde_json::Value>>,
 }
 
 /// What a valid trigger asks for.
@@ -43,6 +45,7 @@ pub struct TriggerPlan {
     pub reason: Option<String>,
     pub faults: BTreeMap<String, Fault>,
     pub deliver_twice: bool,
+    pub raw_messages: Vec<serde_json::Value>,
 }
 
 /// Whether this deployment accepts fault injection: only a producer whose `ENVIRONMENT` var
@@ -97,12 +100,12 @@ pub fn plan_trigger(
             all.into_iter().filter(|name| requested.contains(name)).collect()
         }
     };
-    let injects = parsed.faults.is_some() || parsed.deliver_twice.is_some();
+    let injects = parsed.faults.is_some() || parsed.deliver_twice.is_some() || parsed.raw_messages.is_some();
     if injects && !faults_allowed {
         return Err(ApiError::new(
             400,
             "fault_injection_disabled",
-            "faults and deliverTwice are for local and test stacks only; this deployment refuses them",
+            "faults, deliverTwice and rawMessages are for local and test stacks only; this deployment refuses them",
         ));
     }
     let faults = parsed.faults.unwrap_or_default();
@@ -113,7 +116,26 @@ pub fn plan_trigger(
             format!("fault for {name:?}, which this trigger does not back up"),
         ));
     }
-    Ok(TriggerPlan { databases, reason: parsed.reason, faults, deliver_twice: parsed.deliver_twice.unwrap_or(false) })
+    Ok(TriggerPlan {
+        databases,
+        reason: parsed.reason,
+        faults,
+        deliver_twice: parsed.deliver_twice.unwrap_or(false),
+        raw_messages: parsed.raw_messages.unwrap_or_default(),
+    })
+}
+
+/// Checks an `Idempotency-Key` header: 1 to 200 visible ASCII characters.
+pub fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
+    if (1..=200).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            400,
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 200 visible ASCII characters",
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +202,14 @@ mod tests {
         assert_eq!(plan_trigger(bad, &configured(), true).unwrap_err().code, "invalid_body");
         assert!(fault_injection_allowed(Some("test")) && fault_injection_allowed(Some("local")));
         assert!(!fault_injection_allowed(None) && !fault_injection_allowed(Some("production")));
+    }
+
+    #[test]
+    fn idempotency_keys_are_short_visible_ascii() {
+        assert!(check_idempotency_key("nightly-2026-11-23_a1").is_ok());
+        for bad in ["", "has space", "tab\t", "é", &"k".repeat(201)] {
+            assert_eq!(check_idempotency_key(bad).unwrap_err().status, 400, "{bad:?}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stack import ROOT, SMALL_BUDGET, Stack
+from stack import ROOMY_BUDGET, ROOT, SMALL_BUDGET, Stack
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +25,14 @@ def stack():
     finally:
         s.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="session")
+def roomy_stack():
+    """A second stack whose consumer has budget enough to export any test database at once."""
+    s = Stack(ROOT / "target" / "e2e" / f"roomy-{uuid.uuid4().hex[:8]}", consumer_vars=ROOMY_BUDGET)
+    atexit.register(s.stop)
+    try:
+        yield s.start()
+    finally:
+        s.stop()

@@ -15,8 +15,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 ADMIN_TOKEN = "e2e-admin-token"
-# The e2e stack's consumer budget per invocation (the smallest query budget allowed is 10).
-SMALL_BUDGET = {"EXPORT_MAX_QUERIES": "14", "EXPORT_MAX_MB": "1"}
+# Retries in tests: 1 s, then 2 s (the defaults are 30 s doubling up to 15 minutes).
+FAST_RETRIES = {"RETRY_BASE_SECONDS": "1", "RETRY_MAX_SECONDS": "2"}
+# The session stack's consumer budget per invocation (the smallest query budget allowed is 10).
+SMALL_BUDGET = {"EXPORT_MAX_QUERIES": "14", "EXPORT_MAX_MB": "1", **FAST_RETRIES}
+# A budget big enough to export any test database in one invocation.
+ROOMY_BUDGET = {"EXPORT_MAX_QUERIES": "100000", **FAST_RETRIES}
 
 
 def free_port() -> int:
@@ -36,12 +40,17 @@ class Response:
 
 
 class Stack:
-    def __init__(self, state_dir: Path, port: int | None = None, consumer_vars: dict[str, str] | None = None):
+    def __init__(self, state_dir: Path, port: int | None = None, consumer_vars: dict[str, str] | None = None,
+                 extra_databases: int = 0, environment: str = "local"):
         self.state_dir = state_dir
-        # Vars overriding the consumer's (such as EXPORT_MAX_QUERIES), through a copy of its
-        # config beside the original, so that its relative paths still hold.
+        # Vars overriding the consumer's (such as EXPORT_MAX_QUERIES), and extra empty source
+        # databases (fan01, fan02, ...), through copies of the Worker configs written beside
+        # the originals, so that their relative paths still hold.
         self.consumer_vars = consumer_vars or {}
-        self.generated_config: Path | None = None
+        self.extra_databases = extra_databases
+        # The producer's ENVIRONMENT: "local" accepts fault injection, "production" refuses it.
+        self.environment = environment
+        self.generated_configs: list[Path] = []
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -62,7 +71,7 @@ class Stack:
         # A session of its own: teardown signals the whole group (wrangler, workerd, esbuild).
         self.process = subprocess.Popen(
             [str(ROOT / "scripts/local-stack.sh"), "run", str(self.port), str(self.state_dir), ADMIN_TOKEN],
-            env={**os.environ, "CONSUMER_CONFIG": self.consumer_config()},
+            env={**os.environ, **self.write_configs(), "STACK_ENVIRONMENT": self.environment},
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -79,19 +88,35 @@ class Stack:
         self.stop()
         raise RuntimeError(f"stack did not answer within {timeout}s:\n{self.log()}")
 
-    def consumer_config(self) -> str:
-        if not self.consumer_vars:
-            return "consumer/wrangler.toml"
-        original = (ROOT / "consumer/wrangler.toml").read_text()
-        assert "\n[vars]\n" in original
-        lines = "".join(f'{name} = "{value}"\n' for name, value in self.consumer_vars.items())
-        # Later keys would be duplicates in TOML: drop the originals of the overridden ones.
-        kept = "\n".join(l for l in original.split("\n")
-                         if l.split(" = ")[0] not in self.consumer_vars)
-        copy = ROOT / "consumer" / f".e2e-wrangler-{self.port}.toml"
-        copy.write_text(kept.replace("\n[vars]\n", "\n[vars]\n" + lines, 1))
-        self.generated_config = copy
-        return str(copy.relative_to(ROOT))
+    def write_configs(self) -> dict[str, str]:
+        """Writes the config copies this stack needs; returns the environment naming them."""
+        fan = [f"fan{i:02d}" for i in range(1, self.extra_databases + 1)]
+        entries = "".join(f'{name} = "DB_{name.upper()}"\n' for name in fan)
+        env = {}
+        if fan:
+            producer = (ROOT / "wrangler.toml").read_text()
+            env["PRODUCER_CONFIG"] = self.write_copy("wrangler.toml", producer.replace(
+                "[vars.DATABASES]\n", "[vars.DATABASES]\n" + entries, 1))
+        if fan or self.consumer_vars:
+            consumer = (ROOT / "consumer/wrangler.toml").read_text()
+            assert "\n[vars]\n" in consumer and "[vars.DATABASES]\n" in consumer
+            # Later keys would be duplicates in TOML: drop the originals of the overridden ones.
+            consumer = "\n".join(l for l in consumer.split("\n") if l.split(" = ")[0] not in self.consumer_vars)
+            overrides = "".join(f'{name} = "{value}"\n' for name, value in self.consumer_vars.items())
+            consumer = consumer.replace("\n[vars]\n", "\n[vars]\n" + overrides, 1)
+            consumer = consumer.replace("[vars.DATABASES]\n", "[vars.DATABASES]\n" + entries, 1)
+            consumer += "".join(
+                f'\n[[d1_databases]]\nbinding = "DB_{name.upper()}"\ndatabase_name = "{name}"\n'
+                f'database_id = "00000000-0000-4000-8000-000000000{200 + i:03d}"\n'
+                for i, name in enumerate(fan, start=1))
+            env["CONSUMER_CONFIG"] = self.write_copy("consumer/wrangler.toml", consumer)
+        return env
+
+    def write_copy(self, original: str, text: str) -> str:
+        path = (ROOT / original).parent / f".e2e-wrangler-{self.port}.toml"
+        path.write_text(text)
+        self.generated_configs.append(path)
+        return str(path.relative_to(ROOT))
 
     def stop(self) -> None:
         if self.process is None:
@@ -113,8 +138,8 @@ class Stack:
         except subprocess.TimeoutExpired:
             pass
         self.process = None
-        if self.generated_config is not None:
-            self.generated_config.unlink(missing_ok=True)
+        for path in self.generated_configs:
+            path.unlink(missing_ok=True)
 
     def log(self) -> str:
         try:

@@ -102,6 +102,18 @@ def test_trigger_requires_the_admin_token(stack, token, status):
         (b'{"databases": "demo"}', 400),
         (b'{"unknown": 1}', 400),
         (b" " * (64 * 1024 + 1), 413),
+        (b"\xff\xfe", 400),
+        (b'"demo"', 400),
+        (b"null", 400),
+        (b'{"databases": [null]}', 400),
+        (b'{"databases": ["DEMO"]}', 400),
+        (b'{"databases": ["demo", "demo"]}', 400),
+        (b'{"reason": "a", "reason": "b"}', 400),
+        (b'{"reason": ["x"]}', 400),
+        (b'{"reason": "' + b"x" * 501 + b'"}', 400),
+        (b"[" * 300 + b"]" * 300, 400),
+        (b'{"databases": ["demo"], "faults": {"demo": {"stage": "disk", "failAttempts": 1}}}', 400),
+        (b'{"databases": ["demo"], "faults": {"chinook": {"stage": "d1_query", "failAttempts": 1}}}', 400),
     ],
 )
 def test_bad_trigger_bodies_queue_nothing(stack, body, status):

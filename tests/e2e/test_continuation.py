@@ -3,23 +3,10 @@ per invocation, so its exports continue over several queue messages. Their dumps
 dump a single invocation writes, byte for byte, with nothing left behind in R2."""
 
 import gzip
-import os
 import uuid
 
 import pytest
 
-from stack import ROOT, Stack
-
-
-@pytest.fixture(scope="module")
-def one_shot_stack():
-    """A second stack whose consumer has budget enough to export any test database at once."""
-    state_dir = ROOT / "target" / "e2e" / f"one-shot-{uuid.uuid4().hex[:8]}"
-    s = Stack(state_dir, consumer_vars={"EXPORT_MAX_QUERIES": "100000"})
-    try:
-        yield s.start()
-    finally:
-        s.stop()
 
 
 def back_up(stack, database, tmp_path):
@@ -41,9 +28,9 @@ def without_time_and_bookmark(sql: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("database", ["chinook", "demo", "bulk"])
-def test_an_export_over_many_messages_is_the_one_shot_dump(stack, one_shot_stack, database, tmp_path):
+def test_an_export_over_many_messages_is_the_one_shot_dump(stack, roomy_stack, database, tmp_path):
     stepped_run, stepped = back_up(stack, database, tmp_path)
-    single_run, single = back_up(one_shot_stack, database, tmp_path)
+    single_run, single = back_up(roomy_stack, database, tmp_path)
     # One step exports everything; a multipart dump (bulk) is completed in a step of its own.
     assert single_run["step"] == (2 if database == "bulk" else 1)
     assert stepped_run["step"] >= 3, f"expected the small budget to need several steps: {stepped_run}"
@@ -66,9 +53,9 @@ def test_continued_exports_leave_no_staging_objects_or_open_uploads(stack, tmp_p
     assert stack.r2_open_uploads() == []
 
 
-def test_a_single_put_carries_its_checksum_and_counts_as_custom_metadata(one_shot_stack, tmp_path):
-    run, stored = back_up(one_shot_stack, "hostile", tmp_path)
-    custom = one_shot_stack.r2_objects(run["r2Key"])[run["r2Key"]]["custom"]
+def test_a_single_put_carries_its_checksum_and_counts_as_custom_metadata(roomy_stack, tmp_path):
+    run, stored = back_up(roomy_stack, "hostile", tmp_path)
+    custom = roomy_stack.r2_objects(run["r2Key"])[run["r2Key"]]["custom"]
     assert custom["sha256"] == run["sha256"]
     assert custom["bytes"] == str(len(stored))
     assert custom["rows"] == str(run["rows"]) and custom["tables"] == str(run["tables"])
