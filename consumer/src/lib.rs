@@ -288,7 +288,7 @@ async fn run_step(
                 console_log!("{label}: another delivery recorded this step first");
             }
             delete_staging(&mut store.inner, superseded.as_deref()).await;
-            console_log!("{label}: paused after {} parts; continuing in step {}", next.parts.len(), next.step);
+            console_log!("{label}: paused after {} parts; continuing in step {}", next.upload.parts.len(), next.step);
         }
         BackupProgress::Complete { summary, superseded } => {
             let key = BackupKey::parse(&summary.key).ok_or_else(|| format!("unexpected key {}", summary.key))?;

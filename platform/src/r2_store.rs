@@ -2,7 +2,7 @@
 
 use shared::ports::{ObjectInfo, ObjectStore, PortError, UploadedPart};
 use std::collections::HashMap;
-use worker::{Bucket, HttpMetadata};
+use worker::{Bucket, HttpMetadata, Range};
 
 pub struct R2Store {
     bucket: Bucket,
@@ -50,6 +50,23 @@ impl ObjectStore for R2Store {
 
     async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, PortError> {
         let object = self.bucket.get(key).execute().await.map_err(|e| r2_error("get", key, e))?;
+        match object.as_ref().and_then(|o| o.body()) {
+            Some(body) => Ok(Some(body.bytes().await.map_err(|e| r2_error("reading", key, e))?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn get_range(&mut self, key: &str, offset: u64, length: u64) -> Result<Option<Vec<u8>>, PortError> {
+        if length == 0 {
+            return Ok(self.head(key).await?.map(|_| Vec::new()));
+        }
+        let object = self
+            .bucket
+            .get(key)
+            .range(Range::OffsetWithLength { offset, length })
+            .execute()
+            .await
+            .map_err(|e| r2_error("ranged get", key, e))?;
         match object.as_ref().and_then(|o| o.body()) {
             Some(body) => Ok(Some(body.bytes().await.map_err(|e| r2_error("reading", key, e))?)),
             None => Ok(None),

@@ -8,6 +8,8 @@
 //!
 //! The consumer's export budgets come from `EXPORT_*` vars (see [`ExportLimits`]).
 
+use crate::archive::ArchiveBudget;
+use crate::retention::RetentionPolicy;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -214,6 +216,57 @@ impl RetryPolicy {
     }
 }
 
+/// Reads a whole-number var within `1..=max`, or its default when unset.
+fn read_count(get: &impl Fn(&str) -> Option<String>, name: &str, default: u32, max: u32) -> Result<u32, ConfigError> {
+    match get(name) {
+        None => Ok(default),
+        Some(text) => match text.trim().parse::<u32>() {
+            Ok(v) if (1..=max).contains(&v) => Ok(v),
+            _ => Err(ConfigError(format!("{name} must be a whole number from 1 to {max}, not {text:?}"))),
+        },
+    }
+}
+
+/// Retention (`RETENTION_DAILY_DAYS`, `RETENTION_WEEKLY_WEEKS`, `RETENTION_MANUAL_DAYS`);
+/// defaults 7 days, 12 weeks, 30 days.
+pub fn retention_policy_from_vars(get: impl Fn(&str) -> Option<String>) -> Result<RetentionPolicy, ConfigError> {
+    let default = RetentionPolicy::default();
+    Ok(RetentionPolicy {
+        daily_days: read_count(&get, "RETENTION_DAILY_DAYS", default.daily_days, 3650)?,
+        weekly_weeks: read_count(&get, "RETENTION_WEEKLY_WEEKS", default.weekly_weeks, 520)?,
+        manual_days: read_count(&get, "RETENTION_MANUAL_DAYS", default.manual_days, 3650)?,
+    })
+}
+
+/// Per-step limits of the archiver (`ARCHIVE_MAX_MB` read per step, `ARCHIVE_MAX_SECONDS`) and
+/// how many attempts an archive job gets (`ARCHIVE_MAX_ATTEMPTS`) before it is dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveLimits {
+    pub max_read_mb: u32,
+    pub max_seconds: u32,
+    pub max_attempts: u32,
+}
+
+impl ArchiveLimits {
+    /// 256 MiB per step keeps a step to about 70 subrequests and well inside the CPU limit.
+    pub const DEFAULT: ArchiveLimits = ArchiveLimits { max_read_mb: 256, max_seconds: 60, max_attempts: 5 };
+
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<ArchiveLimits, ConfigError> {
+        Ok(ArchiveLimits {
+            max_read_mb: read_count(&get, "ARCHIVE_MAX_MB", Self::DEFAULT.max_read_mb, 4096)?,
+            max_seconds: read_count(&get, "ARCHIVE_MAX_SECONDS", Self::DEFAULT.max_seconds, 900)?,
+            max_attempts: read_count(&get, "ARCHIVE_MAX_ATTEMPTS", Self::DEFAULT.max_attempts, 100)?,
+        })
+    }
+
+    pub fn budget(&self) -> ArchiveBudget {
+        ArchiveBudget {
+            max_read_bytes: u64::from(self.max_read_mb) * 1024 * 1024,
+            max_millis: u64::from(self.max_seconds) * 1000,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +307,17 @@ mod tests {
         assert_eq!(RetryPolicy::from_vars(|_| None).unwrap(), RetryPolicy::DEFAULT);
         assert!(RetryPolicy::from_vars(|n| (n == "RETRY_BASE_SECONDS").then(|| "5000".into())).is_err());
         assert!(RetryPolicy::from_vars(|n| (n == "RETRY_MAX_SECONDS").then(|| "soon".into())).is_err());
+    }
+
+    #[test]
+    fn retention_and_archive_limits_default_and_refuse_nonsense() {
+        assert_eq!(retention_policy_from_vars(|_| None).unwrap(), RetentionPolicy::default());
+        let short = retention_policy_from_vars(|n| (n == "RETENTION_DAILY_DAYS").then(|| "2".into())).unwrap();
+        assert_eq!(short.daily_days, 2);
+        assert!(retention_policy_from_vars(|n| (n == "RETENTION_WEEKLY_WEEKS").then(|| "0".into())).is_err());
+        assert!(retention_policy_from_vars(|n| (n == "RETENTION_MANUAL_DAYS").then(|| "-1".into())).is_err());
+        assert_eq!(ArchiveLimits::from_vars(|_| None).unwrap(), ArchiveLimits::DEFAULT);
+        assert!(ArchiveLimits::from_vars(|n| (n == "ARCHIVE_MAX_MB").then(|| "lots".into())).is_err());
     }
 
     #[test]

@@ -90,6 +90,10 @@ impl<O: ObjectStore> ObjectStore for FaultyStore<O> {
         self.inner.get(key).await
     }
 
+    async fn get_range(&mut self, key: &str, offset: u64, length: u64) -> Result<Option<Vec<u8>>, PortError> {
+        self.inner.get_range(key, offset, length).await
+    }
+
     async fn head(&mut self, key: &str) -> Result<Option<u64>, PortError> {
         self.inner.head(key).await
     }

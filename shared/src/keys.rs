@@ -5,9 +5,10 @@
 //! - `manual/YYYY-MM-DD/<job-id>/<db>.sql`: an on-demand backup; the job id keeps two manual
 //!   backups on the same day apart and never overwrites the nightly one.
 //! - Either ends in `.sql.gz` instead of `.sql` for a database configured with gzip.
+//! - `weekly/YYYY-Www.tar.gz`: the weekly archive of an ISO week's dailies.
 
 use crate::config::is_valid_database_name;
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate, Weekday};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -103,6 +104,59 @@ impl BackupKey {
     }
 }
 
+/// An ISO 8601 week (Monday to Sunday), named `YYYY-Www`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IsoWeek {
+    pub year: i32,
+    pub week: u32,
+}
+
+impl IsoWeek {
+    /// Strict `YYYY-Www`, and only weeks that exist (`2026-W53` does not).
+    pub fn parse(s: &str) -> Option<IsoWeek> {
+        let b = s.as_bytes();
+        let shape_ok = b.len() == 8
+            && b[4] == b'-'
+            && b[5] == b'W'
+            && b.iter().enumerate().all(|(i, c)| i == 4 || i == 5 || c.is_ascii_digit());
+        if !shape_ok {
+            return None;
+        }
+        let week = IsoWeek { year: s[..4].parse().ok()?, week: s[6..].parse().ok()? };
+        NaiveDate::from_isoywd_opt(week.year, week.week, Weekday::Mon)?;
+        Some(week)
+    }
+
+    /// The week `date` falls in.
+    pub fn of(date: NaiveDate) -> IsoWeek {
+        let w = date.iso_week();
+        IsoWeek { year: w.year(), week: w.week() }
+    }
+
+    /// Its Monday.
+    pub fn first_day(self) -> NaiveDate {
+        NaiveDate::from_isoywd_opt(self.year, self.week, Weekday::Mon).expect("a parsed ISO week exists")
+    }
+
+    /// Its Sunday.
+    pub fn last_day(self) -> NaiveDate {
+        NaiveDate::from_isoywd_opt(self.year, self.week, Weekday::Sun).expect("a parsed ISO week exists")
+    }
+
+    pub fn previous(self) -> IsoWeek {
+        IsoWeek::of(self.first_day() - chrono::Duration::days(1))
+    }
+
+    pub fn label(self) -> String {
+        format!("{:04}-W{:02}", self.year, self.week)
+    }
+
+    /// The R2 key of this week's archive.
+    pub fn archive_key(self) -> String {
+        format!("weekly/{}.tar.gz", self.label())
+    }
+}
+
 /// Strict `YYYY-MM-DD` (chrono alone would accept `2026-1-5`).
 pub fn parse_date(s: &str) -> Option<NaiveDate> {
     let b = s.as_bytes();
@@ -138,6 +192,22 @@ mod tests {
         let gzipped = manual.gzipped(true);
         assert_eq!(gzipped.to_key(), "manual/2026-11-23/0f8fad5b-d9cb-469f-a165-70867728950e/demo.sql.gz");
         assert_eq!(BackupKey::parse(&gzipped.to_key()), Some(gzipped));
+    }
+
+    #[test]
+    fn iso_weeks_parse_strictly_and_span_monday_to_sunday() {
+        let week = IsoWeek::parse("2026-W48").unwrap();
+        assert_eq!(week.first_day(), NaiveDate::from_ymd_opt(2026, 11, 23).unwrap());
+        assert_eq!(week.last_day(), NaiveDate::from_ymd_opt(2026, 11, 29).unwrap());
+        assert_eq!(week.archive_key(), "weekly/2026-W48.tar.gz");
+        assert_eq!(week.previous().label(), "2026-W47");
+        // 2027-01-01 is a Friday: it belongs to the last week of 2026, which is W53.
+        assert_eq!(IsoWeek::of(NaiveDate::from_ymd_opt(2027, 1, 1).unwrap()).label(), "2026-W53");
+        assert_eq!(IsoWeek::parse("2026-W01").unwrap().previous().label(), "2025-W52");
+        for bad in ["2026-W54", "2025-W53", "2026-W00", "2026-W4", "2026W48", "2026-w48", "../W48", "2026-W48x"] {
+            assert_eq!(IsoWeek::parse(bad), None, "{bad}");
+        }
+        assert!(IsoWeek::parse("2026-W53").is_some());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! implement the traits in [`ports`] over D1 and R2 and hand over to this code, so every
 //! behaviour is tested natively (against rusqlite and in-memory stores) before it runs in workerd.
 
+pub mod archive;
 pub mod backup;
 pub mod config;
 pub mod dump;
@@ -11,9 +12,11 @@ pub mod faults;
 pub mod keys;
 pub mod message;
 pub mod ports;
+pub mod retention;
 pub mod state;
 pub mod sha256;
 pub mod trigger;
+pub mod upload;
 
 /// Version of this tool, written into every dump header.
 pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");

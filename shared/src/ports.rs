@@ -78,6 +78,9 @@ pub trait ObjectStore {
     async fn put(&mut self, key: &str, bytes: Vec<u8>, info: &ObjectInfo) -> Result<(), PortError>;
     /// The whole object, or `None` if there is none at `key`. Only for small objects.
     async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, PortError>;
+    /// Up to `length` bytes of the object at `key` from `offset` (fewer at its end), or `None`
+    /// if there is no object: large objects are read this way, a bounded piece at a time.
+    async fn get_range(&mut self, key: &str, offset: u64, length: u64) -> Result<Option<Vec<u8>>, PortError>;
     /// The size of the object at `key`, or `None` if there is none.
     async fn head(&mut self, key: &str) -> Result<Option<u64>, PortError>;
     async fn delete(&mut self, key: &str) -> Result<(), PortError>;

@@ -241,10 +241,10 @@ fn discarding_a_backup_frees_its_upload_and_tail() {
         }
     }
     let checkpoint = checkpoint.unwrap();
-    assert!(checkpoint.upload_id.is_some() && checkpoint.tail_key.is_some());
+    assert!(checkpoint.upload.upload_id.is_some() && checkpoint.upload.tail_key.is_some());
     block_on(discard(&mut store, &checkpoint)).unwrap();
     assert!(store.uploads.is_empty());
-    assert!(!store.objects.contains_key(checkpoint.tail_key.as_ref().unwrap()));
+    assert!(!store.objects.contains_key(checkpoint.upload.tail_key.as_ref().unwrap()));
     assert!(!store.objects.contains_key(&t.key), "no object appears for a discarded backup");
 }
 

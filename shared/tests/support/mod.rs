@@ -150,6 +150,15 @@ impl ObjectStore for MemoryStore {
         Ok(self.objects.get(key).map(|(bytes, _)| bytes.clone()))
     }
 
+    async fn get_range(&mut self, key: &str, offset: u64, length: u64) -> Result<Option<Vec<u8>>, PortError> {
+        self.call("get_range")?;
+        Ok(self.objects.get(key).map(|(bytes, _)| {
+            let start = (offset as usize).min(bytes.len());
+            let end = start.saturating_add(length as usize).min(bytes.len());
+            bytes[start..end].to_vec()
+        }))
+    }
+
     async fn head(&mut self, key: &str) -> Result<Option<u64>, PortError> {
         self.call("head")?;
         Ok(self.objects.get(key).map(|(bytes, _)| bytes.len() as u64))

@@ -1,0 +1,277 @@
+//! One object streamed into an [`ObjectStore`] over as many steps (invocations) as it takes.
+//!
+//! Bytes are cut into parts of exactly `part_size` bytes (R2 wants every part but the last to
+//! be the same size). What a step produced beyond its last whole part (the tail, less than one
+//! part) is parked in a staging object and picked up by the next step, so memory never holds
+//! more than about one part. The multipart upload starts only once a whole part exists: a small
+//! object is stored with one `put`. The object appears at its key only when complete.
+//!
+//! With gzip, each step writes one gzip member; gzip readers join members into one stream.
+//! Dumps and weekly archives are both written this way.
+
+use crate::ports::{ByteSink, ObjectInfo, ObjectStore, PortError, UploadedPart};
+use crate::sha256::ResumableSha256;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+
+/// R2's minimum part size, and the size of every part but the last.
+pub const PART_SIZE: usize = 5 * 1024 * 1024;
+
+/// Where a streamed object goes and how it is described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadSpec {
+    pub key: String,
+    /// Prefix of the staging objects that carry tails between steps.
+    pub staging_prefix: String,
+    pub content_type: String,
+    /// Custom metadata (R2 `customMetadata`).
+    pub metadata: BTreeMap<String, String>,
+    pub part_size: usize,
+    /// Compress what is written with gzip (level 6, like `gzip -6`).
+    pub gzip: bool,
+}
+
+/// How far an object has got: what a checkpoint keeps between steps. Its size grows with the
+/// number of parts, never with the bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadProgress {
+    pub upload_id: Option<String>,
+    pub parts: Vec<UploadedPart>,
+    /// Over every byte of the object produced so far, the tail included.
+    pub hash: ResumableSha256,
+    /// The staging object holding the tail, when there is one.
+    pub tail_key: Option<String>,
+}
+
+impl UploadProgress {
+    /// Bytes of the object produced so far.
+    pub fn bytes(&self) -> u64 {
+        self.hash.len()
+    }
+
+    pub fn is_multipart(&self) -> bool {
+        self.upload_id.is_some()
+    }
+}
+
+/// The object being written in this step: hashes every byte as stored and cuts parts.
+pub struct StreamingUpload<'a, O: ObjectStore> {
+    store: &'a mut O,
+    spec: &'a UploadSpec,
+    upload_id: Option<String>,
+    /// Whether this step started the upload (and so must abort it if the step fails).
+    started_upload: bool,
+    parts: Vec<UploadedPart>,
+    buffer: Vec<u8>,
+    hash: ResumableSha256,
+    gzip: Option<GzEncoder<Vec<u8>>>,
+}
+
+impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
+    /// Continues the object from `from` (its parked tail is read back), or starts it.
+    pub async fn resume(
+        store: &'a mut O,
+        spec: &'a UploadSpec,
+        from: Option<&UploadProgress>,
+    ) -> Result<StreamingUpload<'a, O>, PortError> {
+        let buffer = match from.and_then(|p| p.tail_key.as_deref()) {
+            Some(tail) => store
+                .get(tail)
+                .await?
+                .ok_or_else(|| PortError(format!("the staging object {tail} holding the object's tail is missing")))?,
+            None => Vec::new(),
+        };
+        Ok(StreamingUpload {
+            store,
+            spec,
+            upload_id: from.and_then(|p| p.upload_id.clone()),
+            started_upload: false,
+            parts: from.map(|p| p.parts.clone()).unwrap_or_default(),
+            buffer,
+            hash: from.map(|p| p.hash.clone()).unwrap_or_default(),
+            gzip: spec.gzip.then(|| GzEncoder::new(Vec::new(), Compression::new(6))),
+        })
+    }
+
+    pub fn is_multipart(&self) -> bool {
+        self.upload_id.is_some()
+    }
+
+    /// The store behind the upload, for reads while writing (the archiver reads dailies).
+    pub fn store(&mut self) -> &mut O {
+        self.store
+    }
+
+    /// Takes bytes as they will be stored.
+    async fn accept(&mut self, bytes: &[u8]) -> Result<(), PortError> {
+        self.hash.update(bytes);
+        self.buffer.extend_from_slice(bytes);
+        while self.buffer.len() >= self.spec.part_size {
+            let rest = self.buffer.split_off(self.spec.part_size);
+            let part = std::mem::replace(&mut self.buffer, rest);
+            self.upload_part(part).await?;
+        }
+        Ok(())
+    }
+
+    async fn upload_part(&mut self, bytes: Vec<u8>) -> Result<(), PortError> {
+        let upload_id = match &self.upload_id {
+            Some(id) => id.clone(),
+            None => {
+                let info = ObjectInfo { content_type: self.spec.content_type.clone(), custom: self.spec.metadata.clone() };
+                let id = self.store.create_multipart(&self.spec.key, &info).await?;
+                self.upload_id = Some(id.clone());
+                self.started_upload = true;
+                id
+            }
+        };
+        let number = u16::try_from(self.parts.len() + 1)
+            .ok()
+            .filter(|n| *n <= 10_000)
+            .ok_or_else(|| PortError(format!("{} needs more than R2's 10,000 parts", self.spec.key)))?;
+        let etag = self.store.upload_part(&self.spec.key, &upload_id, number, bytes).await?;
+        self.parts.push(UploadedPart { number, etag });
+        Ok(())
+    }
+
+    /// Closes this step's gzip member, if any.
+    async fn end_member(&mut self) -> Result<(), PortError> {
+        if let Some(encoder) = self.gzip.take() {
+            let rest = encoder.finish().map_err(|e| PortError(format!("gzip: {e}")))?;
+            self.accept(&rest).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends this step: parks the tail as `<staging prefix>tail-<step>` and returns the
+    /// progress to continue from.
+    pub async fn pause(mut self, step: u32) -> Result<UploadProgress, PortError> {
+        let result = self.park(step).await;
+        if result.is_err() {
+            self.abandon().await;
+        }
+        result
+    }
+
+    async fn park(&mut self, step: u32) -> Result<UploadProgress, PortError> {
+        self.end_member().await?;
+        let tail_key = if self.buffer.is_empty() {
+            None
+        } else {
+            let key = format!("{}tail-{step:06}", self.spec.staging_prefix);
+            let info = ObjectInfo { content_type: "application/octet-stream".into(), custom: BTreeMap::new() };
+            self.store.put(&key, std::mem::take(&mut self.buffer), &info).await?;
+            Some(key)
+        };
+        Ok(UploadProgress {
+            upload_id: self.upload_id.clone(),
+            parts: self.parts.clone(),
+            hash: self.hash.clone(),
+            tail_key,
+        })
+    }
+
+    /// Stores an object that never needed a multipart upload with one put, which can carry
+    /// verified facts (`extra`) as metadata besides its `sha256` and `bytes`; returns its size
+    /// and SHA-256.
+    pub async fn put_whole(mut self, extra: BTreeMap<String, String>) -> Result<(u64, String), PortError> {
+        debug_assert!(self.upload_id.is_none(), "put_whole is for objects without a multipart upload");
+        self.end_member().await?;
+        let (bytes, sha256) = (self.hash.len(), self.hash.hex_digest());
+        let mut custom = self.spec.metadata.clone();
+        custom.extend(extra);
+        custom.insert("sha256".into(), sha256.clone());
+        custom.insert("bytes".into(), bytes.to_string());
+        let info = ObjectInfo { content_type: self.spec.content_type.clone(), custom };
+        let body = std::mem::take(&mut self.buffer);
+        self.store.put(&self.spec.key, body, &info).await?;
+        verify_size(self.store, &self.spec.key, bytes).await?;
+        Ok((bytes, sha256))
+    }
+
+    /// Gives the object up: aborts its multipart upload, whichever step started it. The
+    /// parked tail this step resumed from is the caller's to delete.
+    pub async fn abort(self) -> Result<(), PortError> {
+        match &self.upload_id {
+            Some(upload_id) => self.store.abort_multipart(&self.spec.key, upload_id).await,
+            None => Ok(()),
+        }
+    }
+
+    /// After a failed step: aborts an upload this step started (an upload from an earlier
+    /// step stays, since retrying the step resumes it).
+    pub async fn abandon(self) {
+        if let (true, Some(upload_id)) = (self.started_upload, &self.upload_id) {
+            let _ = self.store.abort_multipart(&self.spec.key, upload_id).await;
+        }
+    }
+}
+
+impl<O: ObjectStore> ByteSink for StreamingUpload<'_, O> {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), PortError> {
+        match &mut self.gzip {
+            Some(encoder) => {
+                encoder.write_all(bytes).map_err(|e| PortError(format!("gzip: {e}")))?;
+                let compressed = std::mem::take(encoder.get_mut());
+                self.accept(&compressed).await
+            }
+            None => self.accept(bytes).await,
+        }
+    }
+}
+
+/// Completes a multipart object whose every byte is produced (its tail parked): uploads the
+/// tail as the last part and completes the upload, unless an earlier attempt already did (R2
+/// forgets a completed upload, so the object's size tells). Returns its size and SHA-256.
+pub async fn complete<O: ObjectStore>(
+    store: &mut O,
+    spec: &UploadSpec,
+    progress: &UploadProgress,
+) -> Result<(u64, String), PortError> {
+    let (bytes, sha256) = (progress.bytes(), progress.hash.hex_digest());
+    if store.head(&spec.key).await? != Some(bytes) {
+        let upload_id = progress
+            .upload_id
+            .clone()
+            .ok_or_else(|| PortError(format!("{} has no multipart upload to complete", spec.key)))?;
+        let mut parts = progress.parts.clone();
+        if let Some(tail_key) = &progress.tail_key {
+            let tail = store
+                .get(tail_key)
+                .await?
+                .ok_or_else(|| PortError(format!("the staging object {tail_key} holding the object's tail is missing")))?;
+            let number = u16::try_from(parts.len() + 1)
+                .ok()
+                .filter(|n| *n <= 10_000)
+                .ok_or_else(|| PortError(format!("{} needs more than R2's 10,000 parts", spec.key)))?;
+            let etag = store.upload_part(&spec.key, &upload_id, number, tail).await?;
+            parts.push(UploadedPart { number, etag });
+        }
+        store.complete_multipart(&spec.key, &upload_id, &parts).await?;
+        verify_size(store, &spec.key, bytes).await?;
+    }
+    Ok((bytes, sha256))
+}
+
+/// Nothing is recorded as stored without its whole object in place.
+pub async fn verify_size<O: ObjectStore>(store: &mut O, key: &str, bytes: u64) -> Result<(), PortError> {
+    match store.head(key).await? {
+        Some(size) if size == bytes => Ok(()),
+        found => Err(PortError(format!("{key} holds {found:?} bytes after completion, expected {bytes}"))),
+    }
+}
+
+/// Frees what an object that will never be finished holds: its upload's parts and its tail.
+pub async fn discard<O: ObjectStore>(store: &mut O, key: &str, progress: &UploadProgress) -> Result<(), PortError> {
+    if let Some(upload_id) = &progress.upload_id {
+        store.abort_multipart(key, upload_id).await?;
+    }
+    if let Some(tail) = &progress.tail_key {
+        store.delete(tail).await?;
+    }
+    Ok(())
+}
