@@ -5,7 +5,7 @@
 #   scripts/local-stack.sh prepare STATE_DIR          migrate META, seed empty source databases
 #   scripts/local-stack.sh run PORT STATE_DIR TOKEN   run the stack in the foreground
 #
-# `run` reads PRODUCER_CONFIG and CONSUMER_CONFIG (config files to use instead of the usual
+# `run` reads PRODUCER_CONFIG, CONSUMER_CONFIG and ARCHIVER_CONFIG (config files to use instead of the usual
 # ones) and STACK_ENVIRONMENT (the producer's ENVIRONMENT, `local` unless set: it accepts fault
 # injection, which a production deployment, without ENVIRONMENT, refuses).
 #
@@ -43,7 +43,7 @@ run() {
   local port=$1 state_dir=$2 token=$3
   shift 3
   exec "${WRANGLER[@]}" dev \
-    -c "${PRODUCER_CONFIG:-wrangler.toml}" -c "${CONSUMER_CONFIG:-consumer/wrangler.toml}" -c archiver/wrangler.toml \
+    -c "${PRODUCER_CONFIG:-wrangler.toml}" -c "${CONSUMER_CONFIG:-consumer/wrangler.toml}" -c "${ARCHIVER_CONFIG:-archiver/wrangler.toml}" \
     --ip 127.0.0.1 --port "$port" --persist-to "$state_dir" \
     --var "ADMIN_TOKEN:$token" --var "ENVIRONMENT:${STACK_ENVIRONMENT:-local}" \
     --show-interactive-dev-session=false "$@"

@@ -23,3 +23,15 @@ pub fn retry_policy(env: &Env) -> worker::Result<RetryPolicy> {
     RetryPolicy::from_vars(|name| env.var(name).ok().map(|v| v.to_string()))
         .map_err(|e| worker::Error::RustError(e.to_string()))
 }
+
+/// The `RETENTION_*` vars (see `shared::config::retention_policy_from_vars`).
+pub fn retention_policy(env: &Env) -> worker::Result<shared::retention::RetentionPolicy> {
+    shared::config::retention_policy_from_vars(|name| env.var(name).ok().map(|v| v.to_string()))
+        .map_err(|e| worker::Error::RustError(e.to_string()))
+}
+
+/// The `ARCHIVE_*` vars (see `shared::config::ArchiveLimits`).
+pub fn archive_limits(env: &Env) -> worker::Result<shared::config::ArchiveLimits> {
+    shared::config::ArchiveLimits::from_vars(|name| env.var(name).ok().map(|v| v.to_string()))
+        .map_err(|e| worker::Error::RustError(e.to_string()))
+}

@@ -2,6 +2,7 @@
 //! the metadata store, configuration and HTTP helpers. Everything that decides *what* to do
 //! lives in `shared`; this crate only knows *how* to talk to the platform.
 
+pub mod archives;
 pub mod config;
 pub mod d1_source;
 pub mod http;
@@ -16,6 +17,8 @@ pub mod bindings {
     pub const BACKUPS: &str = "BACKUPS";
     /// The queue of backup messages.
     pub const BACKUP_QUEUE: &str = "BACKUP_QUEUE";
+    /// The queue of weekly-archive messages (consumed by the archiver).
+    pub const ARCHIVE_QUEUE: &str = "ARCHIVE_QUEUE";
 }
 
 /// The current time, from the Workers clock.

@@ -14,19 +14,19 @@ pub fn timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn statement(db: &D1Database, sql: &str, params: &[JsValue]) -> Result<D1PreparedStatement> {
+pub(crate) fn statement(db: &D1Database, sql: &str, params: &[JsValue]) -> Result<D1PreparedStatement> {
     db.prepare(sql).bind(params)
 }
 
-fn text(s: &str) -> JsValue {
+pub(crate) fn text(s: &str) -> JsValue {
     JsValue::from_str(s)
 }
 
-fn opt_text(s: Option<&str>) -> JsValue {
+pub(crate) fn opt_text(s: Option<&str>) -> JsValue {
     s.map(JsValue::from_str).unwrap_or(JsValue::NULL)
 }
 
-fn number(n: u64) -> JsValue {
+pub(crate) fn number(n: u64) -> JsValue {
     JsValue::from_f64(n as f64)
 }
 
@@ -38,7 +38,7 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Cron => "cron",
             Trigger::Http => "http",
@@ -142,6 +142,23 @@ pub async fn find_idempotent_job(db: &D1Database, key: &str, now: DateTime<Utc>)
     .first(None)
     .await?;
     Ok(row.and_then(|r| Some((Uuid::parse_str(&r.job_id).ok()?, r.request_sha256))))
+}
+
+/// The key and SHA-256 of `database`'s live nightly backup of `date`.
+pub async fn daily_backup(db: &D1Database, database: &str, date: chrono::NaiveDate) -> Result<Option<(String, String)>> {
+    #[derive(Deserialize)]
+    struct Row {
+        key: String,
+        sha256: String,
+    }
+    let row: Option<Row> = statement(
+        db,
+        "SELECT key, sha256 FROM backups WHERE kind = 'daily' AND database = ?1 AND date = ?2 AND deleted_at IS NULL",
+        &[text(database), text(&date.format("%Y-%m-%d").to_string())],
+    )?
+    .first(None)
+    .await?;
+    Ok(row.map(|r| (r.key, r.sha256)))
 }
 
 /// The nightly job of the night scheduled at `requested_at`, if one is recorded.

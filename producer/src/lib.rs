@@ -2,14 +2,16 @@
 //! authenticated `POST /trigger`, and serves the HTTP API.
 
 use chrono::{DateTime, Utc};
+use platform::archives;
 use platform::http::{authorize, error, json, Auth};
+use platform::r2_store::R2Store;
 use platform::meta::{self, Idempotency, NewJob, Trigger};
 use platform::{bindings, config, millis_to_utc, now};
-use shared::keys::{BackupKey, BackupKind};
+use shared::keys::{parse_date, BackupKey, BackupKind, IsoWeek};
 use shared::message::BackupMessage;
 use shared::sha256::ResumableSha256;
 use shared::trigger::{
-    check_idempotency_key, fault_injection_allowed, plan_trigger, ApiError, TriggerPlan, MAX_BODY_BYTES,
+    check_idempotency_key, fault_injection_allowed, plan_archive, plan_trigger, ApiError, TriggerPlan, MAX_BODY_BYTES,
 };
 use uuid::Uuid;
 use worker::*;
@@ -53,7 +55,12 @@ async fn route(req: &mut Request, env: &Env) -> Result<Response> {
         (Method::Post, ["trigger"]) => trigger(req, env).await,
         (Method::Get, ["status"]) => status(env).await,
         (Method::Get, ["jobs", id]) => job(env, id).await,
-        (_, ["trigger"]) | (_, ["status"]) | (_, ["jobs", _]) => {
+        (Method::Post, ["archive"]) => archive(req, env).await,
+        (Method::Post, ["cleanup"]) => cleanup(env).await,
+        (Method::Get, ["download", "weekly", week]) => download_weekly(env, week).await,
+        (Method::Get, ["download", date, database]) => download_daily(env, date, database).await,
+        (_, ["trigger"]) | (_, ["status"]) | (_, ["jobs", _]) | (_, ["archive"]) | (_, ["cleanup"])
+        | (_, ["download", _, _]) => {
             error(405, "method_not_allowed", "method not allowed on this path")
         }
         _ => error(404, "not_found", format!("no endpoint at {path}")),
@@ -206,10 +213,96 @@ async fn job(env: &Env, id: &str) -> Result<Response> {
     let Ok(id) = Uuid::parse_str(id) else {
         return error(400, "invalid_job_id", "job id must be a UUID");
     };
-    match meta::get_job(&env.d1(bindings::META)?, &id).await? {
-        Some(job) => json(200, &job),
+    let meta_db = env.d1(bindings::META)?;
+    if let Some(job) = meta::get_job(&meta_db, &id).await? {
+        return json(200, &job);
+    }
+    match archives::get_archive_job(&meta_db, &id).await? {
+        Some(job) => json(200, &job.to_json()),
         None => error(404, "job_not_found", format!("no job {id}")),
     }
+}
+
+/// `POST /archive {"week": "YYYY-Www"}`: queues the week's archive (or answers with the job
+/// already building it).
+async fn archive(req: &mut Request, env: &Env) -> Result<Response> {
+    let declared = req.headers().get("Content-Length")?.and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return error(413, "body_too_large", format!("body exceeds {MAX_BODY_BYTES} bytes"));
+    }
+    let body = req.bytes().await?;
+    let environment = env.var("ENVIRONMENT").ok().map(|v| v.to_string());
+    let request = match plan_archive(&body, now().date_naive(), fault_injection_allowed(environment.as_deref())) {
+        Ok(request) => request,
+        Err(e) => return api_error(e),
+    };
+    let (job_id, created) = archives::enqueue_archive(env, request.week, Trigger::Http, request.fault).await?;
+    json(
+        202,
+        &serde_json::json!({
+            "jobId": job_id,
+            "week": request.week.label(),
+            "key": request.week.archive_key(),
+            "status": "queued",
+            // An unfinished job for the week existed: this is it.
+            "joined": !created,
+        }),
+    )
+}
+
+/// `POST /cleanup`: applies retention now and reports every decision.
+async fn cleanup(env: &Env) -> Result<Response> {
+    let mut store = R2Store::new(env.bucket(bindings::BACKUPS)?);
+    let report = archives::run_cleanup(&env.d1(bindings::META)?, &mut store, config::retention_policy(env)?, now()).await?;
+    json(200, &report)
+}
+
+/// `GET /download/:date/:db`: that day's nightly backup, streamed from R2.
+async fn download_daily(env: &Env, date: &str, database: &str) -> Result<Response> {
+    let Some(date) = parse_date(date) else {
+        return error(400, "invalid_date", "date must be YYYY-MM-DD");
+    };
+    let configured = config::databases(env)?;
+    if !configured.iter().any(|d| d.name == database) {
+        let names: Vec<&str> = configured.iter().map(|d| d.name.as_str()).collect();
+        return error(404, "unknown_database", format!("no database {database:?}; configured: {names:?}"));
+    }
+    match meta::daily_backup(&env.d1(bindings::META)?, database, date).await? {
+        Some((key, sha256)) => stream_object(env, &key, &sha256).await,
+        None => error(404, "backup_not_found", format!("no nightly backup of {database} on {date}")),
+    }
+}
+
+/// `GET /download/weekly/:week`: that week's archive, streamed from R2.
+async fn download_weekly(env: &Env, week: &str) -> Result<Response> {
+    let Some(week) = IsoWeek::parse(week) else {
+        return error(400, "invalid_week", "week must be an ISO week such as 2026-W47");
+    };
+    match archives::live_archive(&env.d1(bindings::META)?, week).await? {
+        Some(sha256) => stream_object(env, &week.archive_key(), &sha256).await,
+        None => error(404, "archive_not_found", format!("no weekly archive of {}", week.label())),
+    }
+}
+
+/// Streams an object (never buffered) with its type, a download name and its SHA-256.
+async fn stream_object(env: &Env, key: &str, sha256: &str) -> Result<Response> {
+    let Some(object) = env.bucket(bindings::BACKUPS)?.get(key).execute().await? else {
+        // The inventory says it is there: that is a storage fault, not the caller's.
+        console_error!("{key} is in the inventory but missing from R2");
+        return error(502, "object_missing", format!("{key} is recorded but missing from storage"));
+    };
+    let size = object.size();
+    let Some(body) = object.body() else {
+        return error(502, "object_missing", format!("{key} has no body"));
+    };
+    let filename = key.replace('/', "_");
+    let content_type = if key.ends_with(".gz") { "application/gzip" } else { "application/sql; charset=utf-8" };
+    let headers = Headers::new();
+    headers.set("Content-Type", content_type)?;
+    headers.set("Content-Disposition", &format!("attachment; filename=\"{filename}\""))?;
+    headers.set("Content-Length", &size.to_string())?;
+    headers.set("X-Backup-SHA256", sha256)?;
+    Ok(ResponseBuilder::new().with_headers(headers).body(body.response_body()?))
 }
 
 #[event(scheduled)]

@@ -51,6 +51,41 @@ impl BackupMessage {
     }
 }
 
+/// Build (or continue building) one week's archive. The archiver's own queue carries these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveMessage {
+    pub v: u32,
+    pub job_id: Uuid,
+    /// `YYYY-Www`.
+    pub week: String,
+    /// As for [`BackupMessage::step`].
+    #[serde(default)]
+    pub step: u32,
+    /// Fault injection, on local and test stacks only (stages `r2_part` and `complete`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+}
+
+impl ArchiveMessage {
+    pub fn new(job_id: Uuid, week: &str) -> Self {
+        ArchiveMessage { v: MESSAGE_VERSION, job_id, week: week.to_owned(), step: 0, fault: None }
+    }
+
+    pub fn continuation(&self, step: u32) -> ArchiveMessage {
+        ArchiveMessage { step, ..self.clone() }
+    }
+
+    /// Parses a message body, refusing unknown versions.
+    pub fn from_json(value: serde_json::Value) -> Result<ArchiveMessage, String> {
+        let v = value.get("v").and_then(|v| v.as_u64());
+        if v != Some(u64::from(MESSAGE_VERSION)) {
+            return Err(format!("unsupported message version {v:?}, expected {MESSAGE_VERSION}"));
+        }
+        serde_json::from_value(value).map_err(|e| format!("malformed archive message: {e}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

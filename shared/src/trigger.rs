@@ -1,7 +1,9 @@
 //! Validation of `POST /trigger` bodies, as plain data: bytes in, a plan or an HTTP error out.
 
 use crate::config::DatabaseConfig;
-use crate::faults::Fault;
+use crate::faults::{Fault, FaultStage};
+use crate::keys::IsoWeek;
+use chrono::NaiveDate;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -125,6 +127,56 @@ pub fn plan_trigger(
     })
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArchiveBody {
+    week: Option<String>,
+    /// Fault injection (local and test stacks only).
+    fault: Option<Fault>,
+}
+
+/// What a valid `POST /archive` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveRequest {
+    pub week: IsoWeek,
+    pub fault: Option<Fault>,
+}
+
+/// Parses a `POST /archive` body: `{"week": "YYYY-Www"}`. The week must have ended before
+/// `today` (an archive of a week still running would miss its last dailies).
+pub fn plan_archive(body: &[u8], today: NaiveDate, faults_allowed: bool) -> Result<ArchiveRequest, ApiError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::new(413, "body_too_large", format!("body exceeds {MAX_BODY_BYTES} bytes")));
+    }
+    let parsed: ArchiveBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(400, "invalid_body", format!("body must be a JSON object {{\"week\": \"YYYY-Www\"}}: {e}"))
+    })?;
+    let text = parsed.week.ok_or_else(|| ApiError::new(400, "missing_week", "week is required, as \"YYYY-Www\""))?;
+    let week = IsoWeek::parse(&text).ok_or_else(|| {
+        ApiError::new(400, "invalid_week", format!("week {text:?} is not an ISO week such as \"2026-W47\""))
+    })?;
+    if week.last_day() >= today {
+        return Err(ApiError::new(
+            400,
+            "week_not_over",
+            format!("week {} ends on {}; archive it once it is over", week.label(), week.last_day()),
+        ));
+    }
+    if parsed.fault.is_some() && !faults_allowed {
+        return Err(ApiError::new(
+            400,
+            "fault_injection_disabled",
+            "fault is for local and test stacks only; this deployment refuses it",
+        ));
+    }
+    if let Some(fault) = parsed.fault {
+        if fault.stage == FaultStage::D1Query {
+            return Err(ApiError::new(400, "invalid_fault", "an archive reads no source database: use r2_part or complete"));
+        }
+    }
+    Ok(ArchiveRequest { week, fault: parsed.fault })
+}
+
 /// Checks an `Idempotency-Key` header: 1 to 200 visible ASCII characters.
 pub fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
     if (1..=200).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) {
@@ -141,6 +193,29 @@ pub fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archive_requests_name_a_past_iso_week() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+        let ok = plan_archive(br#"{"week":"2026-W47"}"#, today, false).unwrap();
+        assert_eq!(ok.week.label(), "2026-W47");
+        for (body, code) in [
+            (&b""[..], "invalid_body"),
+            (b"[]", "invalid_body"),
+            (b"{}", "missing_week"),
+            (br#"{"week":47}"#, "invalid_body"),
+            (br#"{"week":"2026-W54"}"#, "invalid_week"),
+            (br#"{"week":"../../x"}"#, "invalid_week"),
+            (br#"{"week":"2026-W48"}"#, "week_not_over"),
+            (br#"{"week":"2026-W47","extra":1}"#, "invalid_body"),
+            (br#"{"week":"2026-W47","fault":{"stage":"r2_part","failAttempts":1}}"#, "fault_injection_disabled"),
+        ] {
+            assert_eq!(plan_archive(body, today, false).unwrap_err().code, code, "{}", String::from_utf8_lossy(body));
+        }
+        let fault = br#"{"week":"2026-W47","fault":{"stage":"d1_query","failAttempts":1}}"#;
+        assert_eq!(plan_archive(fault, today, true).unwrap_err().code, "invalid_fault");
+        assert_eq!(plan_archive(&vec![b' '; MAX_BODY_BYTES + 1], today, true).unwrap_err().status, 413);
+    }
 
     fn configured() -> Vec<DatabaseConfig> {
         ["chinook", "demo"]

@@ -41,13 +41,18 @@ class Response:
 
 class Stack:
     def __init__(self, state_dir: Path, port: int | None = None, consumer_vars: dict[str, str] | None = None,
-                 extra_databases: int = 0, environment: str = "local"):
+                 extra_databases: int = 0, environment: str = "local",
+                 databases: list[str] | None = None, archiver_vars: dict[str, str] | None = None):
         self.state_dir = state_dir
         # Vars overriding the consumer's (such as EXPORT_MAX_QUERIES), and extra empty source
         # databases (fan01, fan02, ...), through copies of the Worker configs written beside
         # the originals, so that their relative paths still hold.
         self.consumer_vars = consumer_vars or {}
         self.extra_databases = extra_databases
+        # Back up only these of the configured databases (all when None), and vars overriding
+        # the archiver's (ARCHIVE_MAX_MB, ...).
+        self.databases = databases
+        self.archiver_vars = archiver_vars or {}
         # The producer's ENVIRONMENT: "local" accepts fault injection, "production" refuses it.
         self.environment = environment
         self.generated_configs: list[Path] = []
@@ -93,24 +98,33 @@ class Stack:
         fan = [f"fan{i:02d}" for i in range(1, self.extra_databases + 1)]
         entries = "".join(f'{name} = "DB_{name.upper()}"\n' for name in fan)
         env = {}
-        if fan:
-            producer = (ROOT / "wrangler.toml").read_text()
+        if fan or self.databases is not None:
+            producer = self.only_databases((ROOT / "wrangler.toml").read_text())
             env["PRODUCER_CONFIG"] = self.write_copy("wrangler.toml", producer.replace(
                 "[vars.DATABASES]\n", "[vars.DATABASES]\n" + entries, 1))
-        if fan or self.consumer_vars:
-            consumer = (ROOT / "consumer/wrangler.toml").read_text()
-            assert "\n[vars]\n" in consumer and "[vars.DATABASES]\n" in consumer
-            # Later keys would be duplicates in TOML: drop the originals of the overridden ones.
-            consumer = "\n".join(l for l in consumer.split("\n") if l.split(" = ")[0] not in self.consumer_vars)
-            overrides = "".join(f'{name} = "{value}"\n' for name, value in self.consumer_vars.items())
-            consumer = consumer.replace("\n[vars]\n", "\n[vars]\n" + overrides, 1)
+        if fan or self.consumer_vars or self.databases is not None:
+            consumer = self.only_databases((ROOT / "consumer/wrangler.toml").read_text())
+            consumer = override_vars(consumer, self.consumer_vars)
             consumer = consumer.replace("[vars.DATABASES]\n", "[vars.DATABASES]\n" + entries, 1)
             consumer += "".join(
                 f'\n[[d1_databases]]\nbinding = "DB_{name.upper()}"\ndatabase_name = "{name}"\n'
                 f'database_id = "00000000-0000-4000-8000-000000000{200 + i:03d}"\n'
                 for i, name in enumerate(fan, start=1))
             env["CONSUMER_CONFIG"] = self.write_copy("consumer/wrangler.toml", consumer)
+        if self.archiver_vars:
+            archiver = override_vars((ROOT / "archiver/wrangler.toml").read_text(), self.archiver_vars)
+            env["ARCHIVER_CONFIG"] = self.write_copy("archiver/wrangler.toml", archiver)
         return env
+
+    def only_databases(self, config: str) -> str:
+        """Drops the `[vars.DATABASES]` entries not in `self.databases`."""
+        if self.databases is None:
+            return config
+        head, _, rest = config.partition("[vars.DATABASES]\n")
+        section, sep, tail = rest.partition("\n[")
+        kept = [l for l in section.split("\n")
+                if not l or l.startswith("#") or l.split(" = ")[0] in self.databases]
+        return head + "[vars.DATABASES]\n" + "\n".join(kept) + sep + tail
 
     def write_copy(self, original: str, text: str) -> str:
         path = (ROOT / original).parent / f".e2e-wrangler-{self.port}.toml"
@@ -232,6 +246,17 @@ class Stack:
         results = [r["results"] for r in json.loads(out.stdout)]
         assert len(results) == len(sqls), out.stdout[:2000]
         return results
+
+
+def override_vars(config: str, overrides: dict[str, str]) -> str:
+    """A wrangler config with `overrides` set in its `[vars]` table."""
+    if not overrides:
+        return config
+    assert "\n[vars]\n" in config
+    # Later keys would be duplicates in TOML: drop the originals of the overridden ones.
+    config = "\n".join(l for l in config.split("\n") if l.split(" = ")[0] not in overrides)
+    lines = "".join(f'{name} = "{value}"\n' for name, value in overrides.items())
+    return config.replace("\n[vars]\n", "\n[vars]\n" + lines, 1)
 
 
 def group_alive(pgid: int) -> bool:
