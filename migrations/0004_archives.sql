@@ -38,6 +38,8 @@ CREATE INDEX archive_jobs_by_queued_at ON archive_jobs (queued_at);
 CREATE TABLE archives (
   key           TEXT PRIMARY KEY,
   week          TEXT NOT NULL,
+  -- The week's last day (Sunday), YYYY-MM-DD: archives sort and age with the dailies.
+  date          TEXT NOT NULL,
   job_id        TEXT REFERENCES archive_jobs (id),
   bytes         INTEGER NOT NULL,
   sha256        TEXT NOT NULL,

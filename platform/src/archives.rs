@@ -246,8 +246,8 @@ pub async fn succeed_archive_job(
         statement(db, "DELETE FROM archive_members WHERE archive_key = ?1", &[text(&summary.key)])?,
         statement(
             db,
-            "INSERT INTO archives (key, week, job_id, bytes, sha256, members, excluded, created_at, verified_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) \
+            "INSERT INTO archives (key, week, date, job_id, bytes, sha256, members, excluded, created_at, verified_at) \
+             VALUES (?1, ?2, ?9, ?3, ?4, ?5, ?6, ?7, ?8, ?8) \
              ON CONFLICT (key) DO UPDATE SET job_id = excluded.job_id, bytes = excluded.bytes, \
                sha256 = excluded.sha256, members = excluded.members, excluded = excluded.excluded, \
                created_at = excluded.created_at, verified_at = excluded.verified_at, deleted_at = NULL, \
@@ -261,6 +261,7 @@ pub async fn succeed_archive_job(
                 number(summary.members.len() as u64),
                 number(summary.excluded.len() as u64),
                 text(&at),
+                text(&IsoWeek::parse(week).map(|w| w.last_day().format("%Y-%m-%d").to_string()).unwrap_or_default()),
             ],
         )?,
     ];
@@ -435,7 +436,7 @@ pub async fn run_cleanup<O: ObjectStore>(
                    AND a.deleted_at IS NULL ORDER BY a.key LIMIT 1) AS archived_in \
              FROM backups b WHERE b.deleted_at IS NULL \
              UNION ALL \
-             SELECT key, 'weekly', NULL, week, created_at, NULL FROM archives WHERE deleted_at IS NULL",
+             SELECT key, 'weekly', NULL, date, created_at, NULL FROM archives WHERE deleted_at IS NULL",
         )
         .all()
         .await?
@@ -446,7 +447,7 @@ pub async fn run_cleanup<O: ObjectStore>(
             let (kind, date) = match r.kind.as_str() {
                 "daily" => (StoredKind::Daily, NaiveDate::parse_from_str(&r.date, "%Y-%m-%d").ok()?),
                 "manual" => (StoredKind::Manual, NaiveDate::parse_from_str(&r.date, "%Y-%m-%d").ok()?),
-                "weekly" => (StoredKind::Weekly, IsoWeek::parse(&r.date)?.last_day()),
+                "weekly" => (StoredKind::Weekly, NaiveDate::parse_from_str(&r.date, "%Y-%m-%d").ok()?),
                 _ => return None,
             };
             Some(StoredObject {

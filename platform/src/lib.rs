@@ -8,6 +8,7 @@ pub mod d1_source;
 pub mod http;
 pub mod meta;
 pub mod r2_store;
+pub mod reports;
 
 /// Binding names, defined once.
 pub mod bindings {

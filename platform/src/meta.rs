@@ -538,3 +538,63 @@ pub async fn succeed_run(
     db.batch(statements).await?;
     Ok(())
 }
+
+/// A dead run put back in the queue by an operator.
+pub struct RetriedRun {
+    pub job_id: Uuid,
+    pub database: String,
+    pub kind: BackupKind,
+    pub requested_at: DateTime<Utc>,
+}
+
+/// Puts a dead run back to `queued` at step 0 (a fresh export; its history stays). Returns
+/// `Ok(None)` when there is no such run, `Err`-free `Some(Err(state))` when it is not dead.
+pub async fn requeue_dead_run(
+    db: &D1Database,
+    run_id: &Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<std::result::Result<RetriedRun, String>>> {
+    #[derive(Deserialize)]
+    struct Row {
+        job_id: String,
+        database: String,
+        state: String,
+        kind: String,
+        requested_at: String,
+    }
+    let row: Option<Row> = statement(
+        db,
+        "SELECT r.job_id, r.database, r.state, j.kind, j.requested_at FROM runs r JOIN jobs j ON j.id = r.job_id \
+         WHERE r.id = ?1",
+        &[text(&run_id.to_string())],
+    )?
+    .first(None)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let updated = statement(
+        db,
+        "UPDATE runs SET state = 'queued', step = 0, checkpoint = NULL, error = NULL, finished_at = NULL, \
+           lease_owner = NULL, lease_until = NULL, queued_at = ?2, updated_at = ?2 \
+         WHERE id = ?1 AND state = 'dead'",
+        &[text(&run_id.to_string()), text(&timestamp(now))],
+    )?
+    .run()
+    .await?;
+    if updated.meta()?.and_then(|m| m.changes).unwrap_or(0) != 1 {
+        return Ok(Some(Err(row.state)));
+    }
+    let parsed = (
+        Uuid::parse_str(&row.job_id).ok(),
+        BackupKind::parse(&row.kind),
+        DateTime::parse_from_rfc3339(&row.requested_at).ok(),
+    );
+    match parsed {
+        (Some(job_id), Some(kind), Some(at)) => Ok(Some(Ok(RetriedRun {
+            job_id,
+            database: row.database,
+            kind,
+            requested_at: at.with_timezone(&Utc),
+        }))),
+        _ => Err(worker::Error::RustError(format!("run {run_id} has an unreadable job row"))),
+    }
+}

@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use platform::archives;
 use platform::http::{authorize, error, json, Auth};
 use platform::r2_store::R2Store;
+use platform::reports;
+use shared::listing::parse_list_query;
 use platform::meta::{self, Idempotency, NewJob, Trigger};
 use platform::{bindings, config, millis_to_utc, now};
 use shared::keys::{parse_date, BackupKey, BackupKind, IsoWeek};
@@ -15,6 +17,9 @@ use shared::trigger::{
 };
 use uuid::Uuid;
 use worker::*;
+
+/// The R2 bucket's name, for the restore guide's `wrangler r2` commands (see wrangler.toml).
+const BUCKET_NAME: &str = "d1-backups";
 
 /// Queues accept at most 100 messages per `sendBatch`.
 const SEND_BATCH_MAX: usize = 100;
@@ -55,12 +60,15 @@ async fn route(req: &mut Request, env: &Env) -> Result<Response> {
         (Method::Post, ["trigger"]) => trigger(req, env).await,
         (Method::Get, ["status"]) => status(env).await,
         (Method::Get, ["jobs", id]) => job(env, id).await,
+        (Method::Get, ["list"]) => list(req, env).await,
+        (Method::Get, ["restore-guide", database]) => restore_guide(req, env, database).await,
+        (Method::Post, ["runs", id, "retry"]) => retry_run(env, id).await,
         (Method::Post, ["archive"]) => archive(req, env).await,
         (Method::Post, ["cleanup"]) => cleanup(env).await,
         (Method::Get, ["download", "weekly", week]) => download_weekly(env, week).await,
         (Method::Get, ["download", date, database]) => download_daily(env, date, database).await,
         (_, ["trigger"]) | (_, ["status"]) | (_, ["jobs", _]) | (_, ["archive"]) | (_, ["cleanup"])
-        | (_, ["download", _, _]) => {
+        | (_, ["download", _, _]) | (_, ["list"]) | (_, ["restore-guide", _]) | (_, ["runs", _, "retry"]) => {
             error(405, "method_not_allowed", "method not allowed on this path")
         }
         _ => error(404, "not_found", format!("no endpoint at {path}")),
@@ -220,6 +228,71 @@ async fn job(env: &Env, id: &str) -> Result<Response> {
     match archives::get_archive_job(&meta_db, &id).await? {
         Some(job) => json(200, &job.to_json()),
         None => error(404, "job_not_found", format!("no job {id}")),
+    }
+}
+
+/// `GET /list`: the inventory, newest first, a page at a time.
+async fn list(req: &Request, env: &Env) -> Result<Response> {
+    let pairs: Vec<(String, String)> = req.url()?.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let query = match parse_list_query(&pairs) {
+        Ok(query) => query,
+        Err(e) => return api_error(e),
+    };
+    json(200, &reports::list_inventory(&env.d1(bindings::META)?, &query).await?)
+}
+
+/// `GET /restore-guide/:db[?date=YYYY-MM-DD]`: restore steps for the newest backup of a
+/// database (or its nightly backup of `date`).
+async fn restore_guide(req: &Request, env: &Env, database: &str) -> Result<Response> {
+    let url = req.url()?;
+    let mut date = None;
+    for (name, value) in url.query_pairs() {
+        match name.as_ref() {
+            "date" if date.is_none() => match parse_date(&value) {
+                Some(d) => date = Some(d.format("%Y-%m-%d").to_string()),
+                None => return error(400, "invalid_date", "date must be YYYY-MM-DD"),
+            },
+            _ => return error(400, "invalid_query", format!("unknown or repeated parameter {name:?}; use date")),
+        }
+    }
+    if !shared::config::is_valid_database_name(database) {
+        return error(400, "invalid_database", format!("{database:?} is not a database name"));
+    }
+    let meta_db = env.d1(bindings::META)?;
+    match reports::guide_backup(&meta_db, database, date.as_deref()).await? {
+        Some(backup) => {
+            let origin = url.origin().ascii_serialization();
+            json(200, &shared::guide::restore_guide(&backup, &origin, BUCKET_NAME))
+        }
+        None => {
+            let configured = config::databases(env)?.iter().any(|d| d.name == database);
+            let what = match &date {
+                Some(date) => format!("no nightly backup of {database} on {date}"),
+                None if configured => format!("{database} has no backup yet"),
+                None => format!("no database {database:?} has backups"),
+            };
+            error(404, "backup_not_found", what)
+        }
+    }
+}
+
+/// `POST /runs/:id/retry`: exports a dead run again, from the start.
+async fn retry_run(env: &Env, id: &str) -> Result<Response> {
+    let Ok(run_id) = Uuid::parse_str(id) else {
+        return error(400, "invalid_run_id", "run id must be a UUID");
+    };
+    let configured = config::databases(env)?;
+    match meta::requeue_dead_run(&env.d1(bindings::META)?, &run_id, now()).await? {
+        None => error(404, "run_not_found", format!("no run {run_id}")),
+        Some(Err(state)) => error(409, "run_not_dead", format!("run {run_id} is {state}; only dead runs are retried")),
+        Some(Ok(run)) => {
+            if !configured.iter().any(|d| d.name == run.database) {
+                console_error!("retrying run {run_id} of {}, which is no longer configured", run.database);
+            }
+            let message = BackupMessage::new(run.job_id, &run.database, run.kind, run.requested_at);
+            env.queue(bindings::BACKUP_QUEUE)?.send(message).await?;
+            json(202, &serde_json::json!({ "runId": run_id, "jobId": run.job_id, "database": run.database, "status": "queued" }))
+        }
     }
 }
 

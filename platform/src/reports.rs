@@ -1,0 +1,174 @@
+//! Read models for the API: the inventory listing, restore-guide facts and storage totals.
+
+use crate::meta::{number, statement, text};
+use serde::{Deserialize, Serialize};
+use shared::guide::GuideBackup;
+use shared::keys::IsoWeek;
+use shared::listing::{encode_cursor, ListQuery};
+use shared::retention::StoredKind;
+use worker::wasm_bindgen::JsValue;
+use worker::{D1Database, Result};
+
+/// One stored object: a backup or a weekly archive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))]
+pub struct InventoryItem {
+    pub key: String,
+    pub kind: String,
+    /// `None` for weekly archives.
+    pub database: Option<String>,
+    /// A backup's date; a weekly archive's last day.
+    pub date: String,
+    pub bytes: u64,
+    pub sha256: String,
+    /// Rows in a backup; members in a weekly archive.
+    pub rows: u64,
+    pub tables: Option<u64>,
+    pub created_at: String,
+    pub bookmark: Option<String>,
+    pub deleted_at: Option<String>,
+    pub delete_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryPage {
+    pub items: Vec<InventoryItem>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+const INVENTORY: &str = "SELECT key, kind, database, date, bytes, sha256, rows, tables, created_at, bookmark, \
+                           deleted_at, delete_reason FROM backups \
+                         UNION ALL \
+                         SELECT key, 'weekly', NULL, date, bytes, sha256, members, NULL, created_at, NULL, \
+                           deleted_at, delete_reason FROM archives";
+
+/// A page of the inventory, newest first (by date, then key), by keyset.
+pub async fn list_inventory(db: &D1Database, query: &ListQuery) -> Result<InventoryPage> {
+    let mut conditions = Vec::new();
+    let mut params: Vec<JsValue> = Vec::new();
+    let mut param = |value: JsValue| {
+        params.push(value);
+        format!("?{}", params.len())
+    };
+    if !query.include_deleted {
+        conditions.push("deleted_at IS NULL".to_owned());
+    }
+    if let Some(database) = &query.database {
+        conditions.push(format!("database = {}", param(text(database))));
+    }
+    if let Some(kind) = query.kind {
+        let kind = match kind {
+            StoredKind::Daily => "daily",
+            StoredKind::Manual => "manual",
+            StoredKind::Weekly => "weekly",
+        };
+        conditions.push(format!("kind = {}", param(text(kind))));
+    }
+    if let Some(date) = query.date {
+        // A weekly archive matches every day of its week.
+        let day = date.format("%Y-%m-%d").to_string();
+        let sunday = IsoWeek::of(date).last_day().format("%Y-%m-%d").to_string();
+        conditions.push(format!(
+            "((kind != 'weekly' AND date = {}) OR (kind = 'weekly' AND date = {}))",
+            param(text(&day)),
+            param(text(&sunday))
+        ));
+    }
+    if let Some((date, key)) = &query.after {
+        conditions.push(format!("(date, key) < ({}, {})", param(text(date)), param(text(key))));
+    }
+    let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+    // One more than asked tells whether there is a next page.
+    let limit = param(number(u64::from(query.limit) + 1));
+    let sql = format!("SELECT * FROM ({INVENTORY}) {filter} ORDER BY date DESC, key DESC LIMIT {limit}");
+    let mut items: Vec<InventoryItem> = statement(db, &sql, &params)?.all().await?.results()?;
+    let next_cursor = if items.len() > query.limit as usize {
+        items.truncate(query.limit as usize);
+        items.last().map(|i| encode_cursor(&i.date, &i.key))
+    } else {
+        None
+    };
+    Ok(InventoryPage { items, next_cursor })
+}
+
+/// The facts a restore guide needs about `database`'s newest live backup, or its nightly
+/// backup of `date`.
+pub async fn guide_backup(db: &D1Database, database: &str, date: Option<&str>) -> Result<Option<GuideBackup>> {
+    #[derive(Deserialize)]
+    struct Row {
+        key: String,
+        kind: String,
+        date: String,
+        sha256: String,
+        bytes: u64,
+        rows: u64,
+        bookmark: Option<String>,
+        created_at: String,
+    }
+    let row: Option<Row> = match date {
+        Some(date) => statement(
+            db,
+            "SELECT key, kind, date, sha256, bytes, rows, bookmark, created_at FROM backups \
+             WHERE database = ?1 AND date = ?2 AND kind = 'daily' AND deleted_at IS NULL",
+            &[text(database), text(date)],
+        )?,
+        None => statement(
+            db,
+            "SELECT key, kind, date, sha256, bytes, rows, bookmark, created_at FROM backups \
+             WHERE database = ?1 AND deleted_at IS NULL ORDER BY date DESC, created_at DESC LIMIT 1",
+            &[text(database)],
+        )?,
+    }
+    .first(None)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    #[derive(Deserialize)]
+    struct Table {
+        table_name: String,
+        rows: u64,
+    }
+    let tables: Vec<Table> = statement(
+        db,
+        "SELECT table_name, rows FROM backup_tables WHERE key = ?1 ORDER BY table_name",
+        &[text(&row.key)],
+    )?
+    .all()
+    .await?
+    .results()?;
+    Ok(Some(GuideBackup {
+        database: database.to_owned(),
+        key: row.key,
+        kind: row.kind,
+        date: row.date,
+        sha256: row.sha256,
+        bytes: row.bytes,
+        rows: row.rows,
+        bookmark: row.bookmark,
+        created_at: row.created_at,
+        tables: tables.into_iter().map(|t| (t.table_name, t.rows)).collect(),
+    }))
+}
+
+/// Live objects in storage: how many, how big, the oldest and newest dates.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))]
+pub struct StorageTotals {
+    pub kind: String,
+    pub count: u64,
+    pub bytes: u64,
+    pub oldest: Option<String>,
+    pub newest: Option<String>,
+}
+
+/// Totals per kind (`daily`, `manual`, `weekly`) and over everything (`all`).
+pub async fn storage_totals(db: &D1Database) -> Result<Vec<StorageTotals>> {
+    let sql = format!(
+        "SELECT kind, count(*) AS count, coalesce(sum(bytes), 0) AS bytes, min(date) AS oldest, max(date) AS newest \
+         FROM ({INVENTORY}) WHERE deleted_at IS NULL GROUP BY kind \
+         UNION ALL \
+         SELECT 'all', count(*), coalesce(sum(bytes), 0), min(date), max(date) FROM ({INVENTORY}) WHERE deleted_at IS NULL"
+    );
+    db.prepare(sql).all().await?.results()
+}
