@@ -598,3 +598,67 @@ pub async fn requeue_dead_run(
         _ => Err(worker::Error::RustError(format!("run {run_id} has an unreadable job row"))),
     }
 }
+
+/// The newest jobs, newest first.
+pub async fn recent_jobs(db: &D1Database, limit: u32) -> Result<Vec<JobView>> {
+    let rows: Vec<JobRow> = statement(
+        db,
+        &format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ?1"),
+        &[number(u64::from(limit))],
+    )?
+    .all()
+    .await?
+    .results()?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in rows {
+        jobs.push(job_view(db, row).await?);
+    }
+    Ok(jobs)
+}
+
+/// A dead run, as the dead-letter list shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))]
+pub struct DeadRun {
+    pub run_id: String,
+    pub job_id: String,
+    pub database: String,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub r2_key: String,
+    pub finished_at: Option<String>,
+}
+
+/// A queue message no consumer could read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))]
+pub struct RejectedMessage {
+    pub id: u64,
+    pub message_id: String,
+    pub queue: String,
+    pub body: String,
+    pub error: String,
+    pub received_at: String,
+}
+
+pub async fn dead_letters(db: &D1Database, limit: u32) -> Result<(Vec<DeadRun>, Vec<RejectedMessage>)> {
+    let runs = statement(
+        db,
+        "SELECT id AS run_id, job_id, database, attempts, error, r2_key, finished_at FROM runs \
+         WHERE state = 'dead' ORDER BY finished_at DESC, rowid DESC LIMIT ?1",
+        &[number(u64::from(limit))],
+    )?
+    .all()
+    .await?
+    .results()?;
+    let rejected = statement(
+        db,
+        "SELECT id, message_id, queue, body, error, received_at FROM rejected_messages \
+         ORDER BY received_at DESC, id DESC LIMIT ?1",
+        &[number(u64::from(limit))],
+    )?
+    .all()
+    .await?
+    .results()?;
+    Ok((runs, rejected))
+}

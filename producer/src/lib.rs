@@ -44,6 +44,9 @@ async fn route(req: &mut Request, env: &Env) -> Result<Response> {
     match (&method, segments.as_slice()) {
         (Method::Get, []) => return info(env),
         (Method::Get, ["health"]) => return json(200, &serde_json::json!({ "ok": true })),
+        // The dashboard page is a static shell: it holds no data and no secret, and reads
+        // everything through the API with the token the operator enters.
+        (Method::Get, ["dashboard"]) => return dashboard(),
         _ => {}
     }
 
@@ -61,6 +64,8 @@ async fn route(req: &mut Request, env: &Env) -> Result<Response> {
         (Method::Get, ["status"]) => status(env).await,
         (Method::Get, ["jobs", id]) => job(env, id).await,
         (Method::Get, ["list"]) => list(req, env).await,
+        (Method::Get, ["jobs"]) => recent_jobs(req, env).await,
+        (Method::Get, ["dead-letters"]) => dead_letters(req, env).await,
         (Method::Get, ["restore-guide", database]) => restore_guide(req, env, database).await,
         (Method::Post, ["runs", id, "retry"]) => retry_run(env, id).await,
         (Method::Post, ["archive"]) => archive(req, env).await,
@@ -68,7 +73,8 @@ async fn route(req: &mut Request, env: &Env) -> Result<Response> {
         (Method::Get, ["download", "weekly", week]) => download_weekly(env, week).await,
         (Method::Get, ["download", date, database]) => download_daily(env, date, database).await,
         (_, ["trigger"]) | (_, ["status"]) | (_, ["jobs", _]) | (_, ["archive"]) | (_, ["cleanup"])
-        | (_, ["download", _, _]) | (_, ["list"]) | (_, ["restore-guide", _]) | (_, ["runs", _, "retry"]) => {
+        | (_, ["download", _, _]) | (_, ["list"]) | (_, ["restore-guide", _]) | (_, ["runs", _, "retry"])
+        | (_, ["jobs"]) | (_, ["dead-letters"]) => {
             error(405, "method_not_allowed", "method not allowed on this path")
         }
         _ => error(404, "not_found", format!("no endpoint at {path}")),
@@ -85,6 +91,19 @@ fn info(env: &Env) -> Result<Response> {
             "databases": databases.len(),
         }),
     )
+}
+
+fn dashboard() -> Result<Response> {
+    let mut response = Response::from_html(include_str!("dashboard.html"))?;
+    let headers = response.headers_mut();
+    headers.set("Cache-Control", "no-store")?;
+    headers.set(
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+    )?;
+    headers.set("X-Frame-Options", "DENY")?;
+    headers.set("Referrer-Policy", "no-referrer")?;
+    Ok(response)
 }
 
 fn api_error(e: ApiError) -> Result<Response> {
@@ -229,6 +248,44 @@ async fn job(env: &Env, id: &str) -> Result<Response> {
         Some(job) => json(200, &job.to_json()),
         None => error(404, "job_not_found", format!("no job {id}")),
     }
+}
+
+/// The `limit` query parameter (1 to `max`, `default` when absent); nothing else is accepted.
+fn limit_param(req: &Request, default: u32, max: u32) -> std::result::Result<u32, ApiError> {
+    let url = req.url().map_err(|_| ApiError::new(400, "invalid_query", "unreadable URL"))?;
+    let mut limit = None;
+    for (name, value) in url.query_pairs() {
+        match name.as_ref() {
+            "limit" if limit.is_none() => {
+                limit = Some(value.parse::<u32>().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+                    ApiError::new(400, "invalid_limit", format!("limit must be 1 to {max}"))
+                })?)
+            }
+            _ => return Err(ApiError::new(400, "invalid_query", format!("unknown or repeated parameter {name:?}; use limit"))),
+        }
+    }
+    Ok(limit.unwrap_or(default))
+}
+
+/// `GET /jobs?limit=`: the newest backup jobs with their runs.
+async fn recent_jobs(req: &Request, env: &Env) -> Result<Response> {
+    let limit = match limit_param(req, 20, 100) {
+        Ok(limit) => limit,
+        Err(e) => return api_error(e),
+    };
+    let jobs = meta::recent_jobs(&env.d1(bindings::META)?, limit).await?;
+    json(200, &serde_json::json!({ "jobs": jobs }))
+}
+
+/// `GET /dead-letters?limit=`: dead runs (retry them with `POST /runs/:id/retry`) and queue
+/// messages no consumer could read.
+async fn dead_letters(req: &Request, env: &Env) -> Result<Response> {
+    let limit = match limit_param(req, 50, 500) {
+        Ok(limit) => limit,
+        Err(e) => return api_error(e),
+    };
+    let (runs, rejected) = meta::dead_letters(&env.d1(bindings::META)?, limit).await?;
+    json(200, &serde_json::json!({ "deadRuns": runs, "rejectedMessages": rejected }))
 }
 
 /// `GET /list`: the inventory, newest first, a page at a time.
