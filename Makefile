@@ -7,6 +7,7 @@ SHELL := /bin/bash
 PORT        ?= 8787
 STATE_DIR   ?= .wrangler/state
 ADMIN_TOKEN ?= dev-admin-token
+READ_TOKEN  ?= dev-read-token
 
 WORKER_BUILD_VERSION := 0.8.7
 # wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
@@ -27,11 +28,11 @@ dev: build
 	scripts/local-stack.sh prepare "$(STATE_DIR)"
 	@echo
 	@echo "  D1 backup stack:  http://127.0.0.1:$(PORT)"
-	@echo "  Dashboard:        http://127.0.0.1:$(PORT)/dashboard  (not built yet: operator-surface issue)"
-	@echo "  Admin token:      $(ADMIN_TOKEN)"
+	@echo "  Dashboard:        http://127.0.0.1:$(PORT)/dashboard"
+	@echo "  Admin token:      $(ADMIN_TOKEN)   (read-only token: $(READ_TOKEN))"
 	@echo "  Try:              curl -X POST -H 'Authorization: Bearer $(ADMIN_TOKEN)' http://127.0.0.1:$(PORT)/trigger"
 	@echo
-	scripts/local-stack.sh run "$(PORT)" "$(STATE_DIR)" "$(ADMIN_TOKEN)"
+	STACK_READ_TOKEN="$(READ_TOKEN)" scripts/local-stack.sh run "$(PORT)" "$(STATE_DIR)" "$(ADMIN_TOKEN)"
 
 test: build unit e2e
 

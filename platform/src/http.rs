@@ -20,24 +20,41 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Outcome of checking a request's `Authorization: Bearer` header against the admin token.
+/// Who a request's `Authorization: Bearer` token says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Auth {
+    /// The admin token: everything.
     Admin,
+    /// The read-only token: reads (GET) only.
+    ReadOnly,
     /// No or malformed credentials: 401.
     Missing,
-    /// A token that is not the admin token: 403.
+    /// A token that is neither: 401 too (a wrong token proves nothing about the caller).
     Wrong,
 }
 
-pub fn authorize(req: &Request, admin_token: &str) -> Auth {
+/// Parses `Authorization: Bearer <token>` (scheme case-insensitive) and compares the token in
+/// constant time with the admin token and the optional read-only token. An empty configured
+/// token never matches.
+pub fn authorize(req: &Request, admin_token: &str, read_token: Option<&str>) -> Auth {
     let header = req.headers().get("Authorization").ok().flatten();
-    let token = match header.as_deref().and_then(|h| h.strip_prefix("Bearer ")) {
-        Some(t) if !t.is_empty() => t,
-        _ => return Auth::Missing,
+    authorize_header(header.as_deref(), admin_token, read_token)
+}
+
+pub fn authorize_header(header: Option<&str>, admin_token: &str, read_token: Option<&str>) -> Auth {
+    let Some((scheme, token)) = header.and_then(|h| h.split_once(' ')) else {
+        return Auth::Missing;
     };
-    if !admin_token.is_empty() && constant_time_eq(token.as_bytes(), admin_token.as_bytes()) {
-        Auth::Admin
-    } else {
-        Auth::Wrong
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
+        return Auth::Missing;
+    }
+    let matches = |configured: &str| !configured.is_empty() && constant_time_eq(token.as_bytes(), configured.as_bytes());
+    // Both comparisons always run, so timing does not tell which token was close.
+    let admin = matches(admin_token);
+    let read = read_token.is_some_and(matches);
+    match (admin, read) {
+        (true, _) => Auth::Admin,
+        (false, true) => Auth::ReadOnly,
+        _ => Auth::Wrong,
     }
 }

@@ -2,6 +2,7 @@
 //! the metadata store, configuration and HTTP helpers. Everything that decides *what* to do
 //! lives in `shared`; this crate only knows *how* to talk to the platform.
 
+pub mod alerts;
 pub mod archives;
 pub mod config;
 pub mod d1_source;

@@ -505,11 +505,12 @@ pub async fn succeed_run(
         )?,
         statement(
             db,
-            "INSERT INTO backups (key, database, kind, date, run_id, bytes, sha256, tables, rows, created_at, bookmark) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+            "INSERT INTO backups (key, database, kind, date, run_id, bytes, sha256, tables, rows, created_at, bookmark, \
+               schema) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
              ON CONFLICT (key) DO UPDATE SET run_id = excluded.run_id, bytes = excluded.bytes, \
                sha256 = excluded.sha256, tables = excluded.tables, rows = excluded.rows, \
-               created_at = excluded.created_at, bookmark = excluded.bookmark, \
+               created_at = excluded.created_at, bookmark = excluded.bookmark, schema = excluded.schema, \
                deleted_at = NULL, delete_reason = NULL",
             &[
                 text(&r2_key),
@@ -523,6 +524,7 @@ pub async fn succeed_run(
                 number(summary.rows),
                 text(&now),
                 bookmark,
+                text(&serde_json::to_string(&summary.schema).unwrap_or_default()),
             ],
         )?,
         statement(db, "DELETE FROM backup_tables WHERE key = ?1", &[text(&r2_key)])?,

@@ -172,3 +172,55 @@ pub async fn storage_totals(db: &D1Database) -> Result<Vec<StorageTotals>> {
     );
     db.prepare(sql).all().await?.results()
 }
+
+/// Per database: its newest successful run and how many runs died.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseHealth {
+    pub database: String,
+    pub last_success_at: Option<String>,
+    pub last_started_at: Option<String>,
+    pub last_bytes: Option<u64>,
+    pub last_rows: Option<u64>,
+    pub dead_runs: u64,
+    pub succeeded_runs: u64,
+}
+
+pub async fn database_health(db: &D1Database) -> Result<Vec<DatabaseHealth>> {
+    db.prepare(
+        "SELECT d.database, \
+           (SELECT finished_at FROM runs r WHERE r.database = d.database AND state = 'succeeded' \
+             ORDER BY finished_at DESC LIMIT 1) AS last_success_at, \
+           (SELECT started_at FROM runs r WHERE r.database = d.database AND state = 'succeeded' \
+             ORDER BY finished_at DESC LIMIT 1) AS last_started_at, \
+           (SELECT bytes FROM runs r WHERE r.database = d.database AND state = 'succeeded' \
+             ORDER BY finished_at DESC LIMIT 1) AS last_bytes, \
+           (SELECT rows FROM runs r WHERE r.database = d.database AND state = 'succeeded' \
+             ORDER BY finished_at DESC LIMIT 1) AS last_rows, \
+           (SELECT count(*) FROM runs r WHERE r.database = d.database AND state = 'dead') AS dead_runs, \
+           (SELECT count(*) FROM runs r WHERE r.database = d.database AND state = 'succeeded') AS succeeded_runs \
+         FROM (SELECT DISTINCT database FROM runs) d ORDER BY d.database",
+    )
+    .all()
+    .await?
+    .results()
+}
+
+/// Counts for the metrics page: rejected messages, alerts by kind, archive jobs by state.
+pub async fn event_counts(db: &D1Database) -> Result<Vec<(String, String, u64)>> {
+    #[derive(Deserialize)]
+    struct Row {
+        family: String,
+        label: String,
+        n: u64,
+    }
+    let rows: Vec<Row> = db
+        .prepare(
+            "SELECT 'rejected' AS family, queue AS label, count(*) AS n FROM rejected_messages GROUP BY queue \
+             UNION ALL SELECT 'alerts', kind, count(*) FROM alerts GROUP BY kind \
+             UNION ALL SELECT 'archive_jobs', state, count(*) FROM archive_jobs GROUP BY state",
+        )
+        .all()
+        .await?
+        .results()?;
+    Ok(rows.into_iter().map(|r| (r.family, r.label, r.n)).collect())
+}

@@ -6,6 +6,8 @@ use platform::archives;
 use platform::http::{authorize, error, json, Auth};
 use platform::r2_store::R2Store;
 use platform::reports;
+use shared::cron::CronSchedule;
+use shared::metrics::{MetricType, MetricsWriter};
 use shared::listing::parse_list_query;
 use platform::meta::{self, Idempotency, NewJob, Trigger};
 use platform::{bindings, config, millis_to_utc, now};
@@ -51,12 +53,13 @@ async fn route(req: &mut Request, env: &Env) -> Result<Response> {
     }
 
     let admin_token = env.secret("ADMIN_TOKEN").map(|s| s.to_string()).unwrap_or_default();
-    match authorize(req, &admin_token) {
+    let read_token = env.secret("READ_TOKEN").ok().map(|s| s.to_string());
+    match authorize(req, &admin_token, read_token.as_deref()) {
         Auth::Admin => {}
-        Auth::Missing => {
-            return error(401, "unauthorized", "send Authorization: Bearer <token>");
-        }
-        Auth::Wrong => return error(403, "forbidden", "this token is not allowed here"),
+        Auth::ReadOnly if method == Method::Get || method == Method::Head => {}
+        Auth::ReadOnly => return error(403, "forbidden", "the read-only token cannot change anything; use the admin token"),
+        Auth::Missing => return error(401, "unauthorized", "send Authorization: Bearer <token>"),
+        Auth::Wrong => return error(401, "unauthorized", "this token is not valid here"),
     }
 
     match (method, segments.as_slice()) {
@@ -64,6 +67,8 @@ async fn route(req: &mut Request, env: &Env) -> Result<Response> {
         (Method::Get, ["status"]) => status(env).await,
         (Method::Get, ["jobs", id]) => job(env, id).await,
         (Method::Get, ["list"]) => list(req, env).await,
+        (Method::Get, ["openapi.json"]) => openapi(),
+        (Method::Get, ["metrics"]) => metrics(env).await,
         (Method::Get, ["jobs"]) => recent_jobs(req, env).await,
         (Method::Get, ["dead-letters"]) => dead_letters(req, env).await,
         (Method::Get, ["restore-guide", database]) => restore_guide(req, env, database).await,
@@ -74,23 +79,116 @@ async fn route(req: &mut Request, env: &Env) -> Result<Response> {
         (Method::Get, ["download", date, database]) => download_daily(env, date, database).await,
         (_, ["trigger"]) | (_, ["status"]) | (_, ["jobs", _]) | (_, ["archive"]) | (_, ["cleanup"])
         | (_, ["download", _, _]) | (_, ["list"]) | (_, ["restore-guide", _]) | (_, ["runs", _, "retry"])
-        | (_, ["jobs"]) | (_, ["dead-letters"]) => {
+        | (_, ["jobs"]) | (_, ["dead-letters"]) | (_, ["openapi.json"]) | (_, ["metrics"]) => {
             error(405, "method_not_allowed", "method not allowed on this path")
         }
         _ => error(404, "not_found", format!("no endpoint at {path}")),
     }
 }
 
+/// The Workers' cron schedules (see the three wrangler.toml files).
+const SCHEDULES: [(&str, &str, &str); 2] = [
+    ("producer", "0 3 * * *", "nightly backup of every configured database"),
+    ("archiver", "0 4 * * SUN", "weekly archive of the last finished ISO week, then retention"),
+];
+
 fn info(env: &Env) -> Result<Response> {
     let databases = config::databases(env)?;
+    let schedules: Vec<serde_json::Value> = SCHEDULES
+        .iter()
+        .map(|(worker, cron, what)| serde_json::json!({ "worker": worker, "cron": cron, "what": what }))
+        .collect();
     json(
         200,
         &serde_json::json!({
             "name": "d1-backup",
             "version": shared::TOOL_VERSION,
             "databases": databases.len(),
+            "schedules": schedules,
+            "retention": config::retention_policy(env)?,
         }),
     )
+}
+
+/// When each Worker's cron fires next.
+fn next_runs(after: DateTime<Utc>) -> Vec<serde_json::Value> {
+    SCHEDULES
+        .iter()
+        .map(|(worker, cron, what)| {
+            let next = CronSchedule::parse(cron).ok().and_then(|c| c.next_after(after)).map(meta::timestamp);
+            serde_json::json!({ "worker": worker, "cron": cron, "what": what, "next": next })
+        })
+        .collect()
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(env: &Env) -> Result<Response> {
+    let meta_db = env.d1(bindings::META)?;
+    let health = reports::database_health(&meta_db).await?;
+    let storage = reports::storage_totals(&meta_db).await?;
+    let events = reports::event_counts(&meta_db).await?;
+    let seconds = |t: &Option<String>| {
+        t.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.timestamp_millis() as f64 / 1000.0)
+    };
+    let mut m = MetricsWriter::new();
+    m.family("d1_backup_last_success_timestamp_seconds", "When the newest successful backup of a database finished (Unix time).", MetricType::Gauge);
+    for h in &health {
+        if let Some(t) = seconds(&h.last_success_at) {
+            m.sample("d1_backup_last_success_timestamp_seconds", &[("database", &h.database)], t);
+        }
+    }
+    m.family("d1_backup_last_duration_seconds", "How long the newest successful backup of a database took.", MetricType::Gauge);
+    for h in &health {
+        if let (Some(end), Some(start)) = (seconds(&h.last_success_at), seconds(&h.last_started_at)) {
+            m.sample("d1_backup_last_duration_seconds", &[("database", &h.database)], end - start);
+        }
+    }
+    m.family("d1_backup_last_size_bytes", "Size of the newest successful backup of a database.", MetricType::Gauge);
+    for h in &health {
+        if let Some(bytes) = h.last_bytes {
+            m.sample("d1_backup_last_size_bytes", &[("database", &h.database)], bytes as f64);
+        }
+    }
+    m.family("d1_backup_last_rows", "Rows in the newest successful backup of a database.", MetricType::Gauge);
+    for h in &health {
+        if let Some(rows) = h.last_rows {
+            m.sample("d1_backup_last_rows", &[("database", &h.database)], rows as f64);
+        }
+    }
+    m.family("d1_backup_runs_total", "Finished backup runs by outcome.", MetricType::Counter);
+    for h in &health {
+        m.sample("d1_backup_runs_total", &[("database", &h.database), ("outcome", "succeeded")], h.succeeded_runs as f64);
+        m.sample("d1_backup_runs_total", &[("database", &h.database), ("outcome", "dead")], h.dead_runs as f64);
+    }
+    m.family("d1_backup_dead_letters_total", "Dead runs and unreadable queue messages.", MetricType::Counter);
+    m.sample("d1_backup_dead_letters_total", &[("type", "run")], health.iter().map(|h| h.dead_runs).sum::<u64>() as f64);
+    let rejected: u64 = events.iter().filter(|(f, _, _)| f == "rejected").map(|(_, _, n)| n).sum();
+    m.sample("d1_backup_dead_letters_total", &[("type", "unreadable_message")], rejected as f64);
+    m.family("d1_backup_alerts_total", "Alert events recorded, by kind.", MetricType::Counter);
+    for (_, kind, n) in events.iter().filter(|(f, _, _)| f == "alerts") {
+        m.sample("d1_backup_alerts_total", &[("kind", kind)], *n as f64);
+    }
+    m.family("d1_backup_archive_jobs", "Weekly archive jobs by state.", MetricType::Gauge);
+    for (_, state, n) in events.iter().filter(|(f, _, _)| f == "archive_jobs") {
+        m.sample("d1_backup_archive_jobs", &[("state", state)], *n as f64);
+    }
+    m.family("d1_backup_storage_objects", "Objects stored (not deleted), by kind.", MetricType::Gauge);
+    for t in &storage {
+        m.sample("d1_backup_storage_objects", &[("kind", &t.kind)], t.count as f64);
+    }
+    m.family("d1_backup_storage_bytes", "Bytes stored (not deleted), by kind.", MetricType::Gauge);
+    for t in &storage {
+        m.sample("d1_backup_storage_bytes", &[("kind", &t.kind)], t.bytes as f64);
+    }
+    let mut response = Response::ok(m.finish())?;
+    response.headers_mut().set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")?;
+    Ok(response)
+}
+
+fn openapi() -> Result<Response> {
+    let mut response = Response::ok(include_str!("openapi.json"))?;
+    response.headers_mut().set("Content-Type", "application/json")?;
+    Ok(response)
 }
 
 fn dashboard() -> Result<Response> {
@@ -231,9 +329,30 @@ async fn enqueue_job(
     Ok(Some(job_id))
 }
 
+/// `GET /status`: where things stand: the last job, what runs next, what is stored.
 async fn status(env: &Env) -> Result<Response> {
-    let last_job = meta::last_job(&env.d1(bindings::META)?).await?;
-    json(200, &serde_json::json!({ "lastJob": last_job }))
+    let meta_db = env.d1(bindings::META)?;
+    let last_job = meta::last_job(&meta_db).await?;
+    let storage = reports::storage_totals(&meta_db).await?;
+    let databases: Vec<String> = config::databases(env)?.into_iter().map(|d| d.name).collect();
+    let status = match &last_job {
+        None => "no backups yet",
+        Some(job) => match job.status {
+            shared::state::JobStatus::Completed => "ok",
+            shared::state::JobStatus::Queued | shared::state::JobStatus::Running => "backing up",
+            shared::state::JobStatus::Partial | shared::state::JobStatus::Failed => "last job had failures",
+        },
+    };
+    json(
+        200,
+        &serde_json::json!({
+            "status": status,
+            "lastJob": last_job,
+            "nextRuns": next_runs(now()),
+            "storage": storage,
+            "databases": databases,
+        }),
+    )
 }
 
 async fn job(env: &Env, id: &str) -> Result<Response> {
@@ -444,6 +563,21 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
         enqueue_job(&env, BackupKind::Daily, Trigger::Cron, requested_at, &plan, None).await
     }
     .await;
+    // The checks compare what is stored before tonight's job adds to it; alerting never
+    // stops the backups, so its errors are logged only.
+    let checks = async {
+        let meta_db = env.d1(bindings::META)?;
+        let databases: Vec<String> = config::databases(&env)?.into_iter().map(|d| d.name).collect();
+        let raised = platform::alerts::run_cron_checks(&env, &meta_db, &databases, now()).await?;
+        for alert in &raised {
+            console_log!("alert {}: {}", alert.kind, alert.message);
+        }
+        platform::alerts::deliver_pending(&env, &meta_db, now()).await
+    }
+    .await;
+    if let Err(e) = checks {
+        console_error!("cron {} at {requested_at}: alert checks failed: {e}", event.cron());
+    }
     match result {
         Ok(Some(job_id)) => console_log!("cron {} at {requested_at}: queued job {job_id}", event.cron()),
         // A second firing for the same night (retried cron, overlapping deploys): one job.

@@ -7,7 +7,7 @@
 //! The steps of an export are byte for byte the dump a single step would write; with gzip,
 //! each step writes one gzip member, and gzip readers join members into the same SQL.
 
-use crate::dump::{export_step, DumpError, DumpOptions, ExportCursor, ExportProgress, ExportTotals, StepBudget, TableCount};
+use crate::dump::{SchemaObject, export_step, DumpError, DumpOptions, ExportCursor, ExportProgress, ExportTotals, StepBudget, TableCount};
 use crate::ports::{Clock, ObjectStore, PortError, SqlSource};
 use crate::upload::{self, StreamingUpload, UploadProgress, UploadSpec};
 use chrono::{DateTime, Utc};
@@ -108,6 +108,8 @@ pub struct BackupSummary {
     pub steps: u32,
     /// The D1 bookmark the export started at, when the source has one.
     pub bookmark: Option<String>,
+    /// The schema objects exported.
+    pub schema: Vec<SchemaObject>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +188,7 @@ pub async fn backup_step<S: SqlSource, O: ObjectStore, C: Clock>(
                     sha256,
                     steps: step,
                     bookmark: totals.bookmark,
+                    schema: totals.schema,
                 },
                 superseded,
             });
@@ -221,6 +224,7 @@ async fn complete_multipart<O: ObjectStore>(
             sha256,
             steps: step,
             bookmark: totals.bookmark.clone(),
+            schema: totals.schema.clone(),
         },
         superseded,
     })

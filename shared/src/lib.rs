@@ -4,15 +4,18 @@
 //! implement the traits in [`ports`] over D1 and R2 and hand over to this code, so every
 //! behaviour is tested natively (against rusqlite and in-memory stores) before it runs in workerd.
 
+pub mod alerts;
 pub mod archive;
 pub mod backup;
 pub mod config;
+pub mod cron;
 pub mod dump;
 pub mod faults;
 pub mod guide;
 pub mod keys;
 pub mod listing;
 pub mod message;
+pub mod metrics;
 pub mod ports;
 pub mod retention;
 pub mod state;

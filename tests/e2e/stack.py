@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 ADMIN_TOKEN = "e2e-admin-token"
+READ_TOKEN = "e2e-read-token"
 # Retries in tests: 1 s, then 2 s (the defaults are 30 s doubling up to 15 minutes).
 FAST_RETRIES = {"RETRY_BASE_SECONDS": "1", "RETRY_MAX_SECONDS": "2"}
 # The session stack's consumer budget per invocation (the smallest query budget allowed is 10).
@@ -42,7 +43,8 @@ class Response:
 class Stack:
     def __init__(self, state_dir: Path, port: int | None = None, consumer_vars: dict[str, str] | None = None,
                  extra_databases: int = 0, environment: str = "local",
-                 databases: list[str] | None = None, archiver_vars: dict[str, str] | None = None):
+                 databases: list[str] | None = None, archiver_vars: dict[str, str] | None = None,
+                 all_vars: dict[str, str] | None = None):
         self.state_dir = state_dir
         # Vars overriding the consumer's (such as EXPORT_MAX_QUERIES), and extra empty source
         # databases (fan01, fan02, ...), through copies of the Worker configs written beside
@@ -53,6 +55,8 @@ class Stack:
         # the archiver's (ARCHIVE_MAX_MB, ...).
         self.databases = databases
         self.archiver_vars = archiver_vars or {}
+        # Vars for all three Workers (WEBHOOK_URL, ALERT_*, ...).
+        self.all_vars = all_vars or {}
         # The producer's ENVIRONMENT: "local" accepts fault injection, "production" refuses it.
         self.environment = environment
         self.generated_configs: list[Path] = []
@@ -76,7 +80,8 @@ class Stack:
         # A session of its own: teardown signals the whole group (wrangler, workerd, esbuild).
         self.process = subprocess.Popen(
             [str(ROOT / "scripts/local-stack.sh"), "run", str(self.port), str(self.state_dir), ADMIN_TOKEN],
-            env={**os.environ, **self.write_configs(), "STACK_ENVIRONMENT": self.environment},
+            env={**os.environ, **self.write_configs(), "STACK_ENVIRONMENT": self.environment,
+                 "STACK_READ_TOKEN": READ_TOKEN},
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -98,21 +103,21 @@ class Stack:
         fan = [f"fan{i:02d}" for i in range(1, self.extra_databases + 1)]
         entries = "".join(f'{name} = "DB_{name.upper()}"\n' for name in fan)
         env = {}
-        if fan or self.databases is not None:
-            producer = self.only_databases((ROOT / "wrangler.toml").read_text())
+        if fan or self.databases is not None or self.all_vars:
+            producer = override_vars(self.only_databases((ROOT / "wrangler.toml").read_text()), self.all_vars)
             env["PRODUCER_CONFIG"] = self.write_copy("wrangler.toml", producer.replace(
                 "[vars.DATABASES]\n", "[vars.DATABASES]\n" + entries, 1))
-        if fan or self.consumer_vars or self.databases is not None:
+        if fan or self.consumer_vars or self.databases is not None or self.all_vars:
             consumer = self.only_databases((ROOT / "consumer/wrangler.toml").read_text())
-            consumer = override_vars(consumer, self.consumer_vars)
+            consumer = override_vars(consumer, {**self.all_vars, **self.consumer_vars})
             consumer = consumer.replace("[vars.DATABASES]\n", "[vars.DATABASES]\n" + entries, 1)
             consumer += "".join(
                 f'\n[[d1_databases]]\nbinding = "DB_{name.upper()}"\ndatabase_name = "{name}"\n'
                 f'database_id = "00000000-0000-4000-8000-000000000{200 + i:03d}"\n'
                 for i, name in enumerate(fan, start=1))
             env["CONSUMER_CONFIG"] = self.write_copy("consumer/wrangler.toml", consumer)
-        if self.archiver_vars:
-            archiver = override_vars((ROOT / "archiver/wrangler.toml").read_text(), self.archiver_vars)
+        if self.archiver_vars or self.all_vars:
+            archiver = override_vars((ROOT / "archiver/wrangler.toml").read_text(), {**self.all_vars, **self.archiver_vars})
             env["ARCHIVER_CONFIG"] = self.write_copy("archiver/wrangler.toml", archiver)
         return env
 

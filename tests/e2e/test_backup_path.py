@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 
 import pytest
 
+from stack import READ_TOKEN
+
 
 DATABASES = ["bulk", "chinook", "demo", "hostile"]
 # demo is configured with gzip: its dumps are .sql.gz.
@@ -82,7 +84,7 @@ def test_cron_writes_dailies_named_by_the_scheduled_date(stack, tmp_path):
 
 @pytest.mark.parametrize(
     "token, status",
-    [(None, 401), ("wrong-token", 403), ("", 401)],
+    [(None, 401), ("wrong-token", 401), ("", 401), (READ_TOKEN, 403)],
 )
 def test_trigger_requires_the_admin_token(stack, token, status):
     before = stack.admin("GET", "/status").json()["lastJob"]

@@ -88,6 +88,18 @@ pub struct ExportTotals {
     pub rows: u64,
     /// The D1 bookmark the export started at, when the source has one.
     pub bookmark: Option<String>,
+    /// Every schema object exported, for detecting schema changes between backups.
+    #[serde(default)]
+    pub schema: Vec<SchemaObject>,
+}
+
+/// A table, index, view or trigger as `sqlite_master` holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaObject {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub sql: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +256,9 @@ struct SchemaPlan {
     after_data: Vec<String>,
     /// Whether the database has AUTOINCREMENT counters to restore.
     has_sequence: bool,
+    /// Every object above, named (FTS5 shadow tables excluded).
+    #[serde(default)]
+    schema: Vec<SchemaObject>,
 }
 
 fn text(row: &[Option<String>], i: usize) -> String {
@@ -289,6 +304,7 @@ async fn plan_schema<S: SqlSource, C: Clock>(meter: &mut Meter<'_, S, C>) -> Res
         fts_rebuilds: Vec::new(),
         after_data: Vec::new(),
         has_sequence: rows.first().is_some_and(|r| text(r, 9) != "0"),
+        schema: Vec::new(),
     };
     // Rows come grouped by object, one per column (one for an object without columns).
     let mut i = 0;
@@ -302,6 +318,9 @@ async fn plan_schema<S: SqlSource, C: Clock>(meter: &mut Meter<'_, S, C>) -> Res
         i = end;
         let (create_sql, table_type) = (text(&object[0], 2), text(&object[0], 3));
         let without_rowid = text(&object[0], 4) == "1";
+        if table_type != "shadow" {
+            plan.schema.push(SchemaObject { kind: kind.clone(), name: name.clone(), sql: create_sql.clone() });
+        }
         let columns: Vec<ColumnInfo> = object
             .iter()
             .filter(|r| r.get(5).is_some_and(Option::is_some))
@@ -738,5 +757,10 @@ async fn finish<S: SqlSource, C: Clock, W: ByteSink>(
     }
     tail.push_str(&format!("{COMPLETE_MARKER} {} tables, {} rows\n", counts.len(), total_rows));
     meter.write(sink, &tail).await?;
-    Ok(ExportProgress::Finished(ExportTotals { tables: counts, rows: total_rows, bookmark: plan.bookmark.clone() }))
+    Ok(ExportProgress::Finished(ExportTotals {
+        tables: counts,
+        rows: total_rows,
+        bookmark: plan.bookmark.clone(),
+        schema: plan.schema.clone(),
+    }))
 }

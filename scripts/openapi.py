@@ -1,0 +1,187 @@
+"""Writes producer/src/openapi.json, the API description served at GET /openapi.json.
+
+Run `python3 scripts/openapi.py` after changing an endpoint; the e2e suite checks every
+documented operation against the running stack (schemathesis) and fails on drift."""
+
+import json
+from pathlib import Path
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+NULLABLE_STR = {"type": ["string", "null"]}
+NULLABLE_INT = {"type": ["integer", "null"], "minimum": 0}
+
+
+def err(description):
+    return {"description": description, "content": {"application/json": {"schema": ERROR}}}
+
+
+def ok(description, schema, status="200"):
+    return {status: {"description": description, "content": {"application/json": {"schema": schema}}}}
+
+
+AUTH_ERRORS = {"401": err("missing or malformed Authorization header"), "403": err("token not allowed here")}
+ADMIN_ERRORS = AUTH_ERRORS
+READ_ERRORS = AUTH_ERRORS
+
+
+def q(name, schema, description, required=False):
+    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+
+
+def p(name, schema, description):
+    return {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
+
+
+DATE = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"}
+WEEK = {"type": "string", "pattern": r"^\d{4}-W\d{2}$"}
+DB = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_-]{0,62}$"}
+UUID = {"type": "string", "format": "uuid"}
+
+run = {
+    "type": "object",
+    "required": ["id", "database", "state", "attempts", "r2Key", "queuedAt", "step", "history"],
+    "properties": {
+        "id": UUID, "database": {"type": "string"},
+        "state": {"enum": ["queued", "running", "retrying", "succeeded", "dead"]},
+        "attempts": {"type": "integer", "minimum": 0}, "r2Key": {"type": "string"},
+        "bytes": NULLABLE_INT, "rows": NULLABLE_INT, "tables": NULLABLE_INT,
+        "sha256": NULLABLE_STR, "error": NULLABLE_STR, "queuedAt": {"type": "string"},
+        "startedAt": NULLABLE_STR, "finishedAt": NULLABLE_STR, "step": {"type": "integer", "minimum": 0},
+        "bookmark": NULLABLE_STR,
+        "history": {"type": "array", "items": {"type": "object", "properties": {
+            "step": {"type": "integer"}, "attempt": {"type": "integer"}, "startedAt": {"type": "string"},
+            "finishedAt": {"type": "string"},
+            "outcome": {"enum": ["continued", "succeeded", "retrying", "leased_elsewhere"]},
+            "error": NULLABLE_STR, "retryDelaySeconds": NULLABLE_INT}}},
+    },
+}
+job = {
+    "type": "object",
+    "required": ["jobId", "kind", "trigger", "requestedAt", "createdAt", "status", "runs"],
+    "properties": {
+        "jobId": UUID, "kind": {"enum": ["daily", "manual"]}, "trigger": {"enum": ["cron", "http"]},
+        "reason": NULLABLE_STR, "requestedAt": {"type": "string"}, "createdAt": {"type": "string"},
+        "status": {"enum": ["queued", "running", "completed", "partial", "failed"]},
+        "runs": {"type": "array", "items": {"$ref": "#/components/schemas/Run"}},
+    },
+}
+archive_job = {
+    "type": "object",
+    "required": ["jobId", "kind", "week", "state", "status", "r2Key"],
+    "properties": {
+        "jobId": UUID, "id": UUID, "kind": {"const": "archive"}, "week": WEEK,
+        "trigger": {"enum": ["cron", "http"]},
+        "state": {"enum": ["queued", "running", "retrying", "succeeded", "dead"]},
+        "status": {"enum": ["running", "completed", "failed"]},
+        "outcome": {"enum": ["archived", "already_archived", "nothing_to_archive", None]},
+        "attempts": {"type": "integer"}, "step": {"type": "integer"}, "r2Key": {"type": "string"},
+        "bytes": NULLABLE_INT, "sha256": NULLABLE_STR, "members": NULLABLE_INT, "excluded": NULLABLE_INT,
+        "cleanup": {"type": ["object", "null"]}, "error": NULLABLE_STR,
+    },
+}
+item = {
+    "type": "object",
+    "required": ["key", "kind", "date", "bytes", "sha256", "rows", "createdAt"],
+    "properties": {
+        "key": {"type": "string"}, "kind": {"enum": ["daily", "manual", "weekly"]},
+        "database": NULLABLE_STR, "date": DATE, "bytes": {"type": "integer"}, "sha256": {"type": "string"},
+        "rows": {"type": "integer"}, "tables": NULLABLE_INT, "createdAt": {"type": "string"},
+        "bookmark": NULLABLE_STR, "deletedAt": NULLABLE_STR, "deleteReason": NULLABLE_STR,
+    },
+}
+decision = {"type": "object", "required": ["key", "delete", "reason"],
+            "properties": {"key": {"type": "string"}, "delete": {"type": "boolean"}, "reason": {"type": "string"}}}
+
+paths = {
+    "/": {"get": {"summary": "Worker info", "security": [], "responses": ok("name, version, schedules, retention, databases", {"type": "object"})}},
+    "/health": {"get": {"summary": "Liveness", "security": [], "responses": ok("ok", {"type": "object", "properties": {"ok": {"const": True}}})}},
+    "/status": {"get": {"summary": "Last job, next runs, storage totals", "responses": {**ok("status", {"type": "object"}), **READ_ERRORS}}},
+    "/jobs": {"get": {"summary": "Newest backup jobs",
+                      "parameters": [q("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "jobs to return (20)")],
+                      "responses": {**ok("jobs", {"type": "object", "required": ["jobs"], "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}}}),
+                                    "400": err("bad parameter"), **READ_ERRORS}}},
+    "/jobs/{id}": {"get": {"summary": "A backup or archive job",
+                           "parameters": [p("id", UUID, "job id")],
+                           "responses": {**ok("the job", {"oneOf": [{"$ref": "#/components/schemas/Job"}, {"$ref": "#/components/schemas/ArchiveJob"}]}),
+                                         "400": err("not a UUID"), "404": err("no such job"), **READ_ERRORS}}},
+    "/list": {"get": {"summary": "The inventory, newest first, by keyset pages",
+                      "parameters": [q("database", DB, "only this database"), q("date", DATE, "only this date (weekly: its week)"),
+                                     q("kind", {"enum": ["daily", "manual", "weekly"]}, "only this kind"),
+                                     q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "items per page (100)"),
+                                     q("cursor", {"type": "string"}, "nextCursor of the previous page"),
+                                     q("deleted", {"enum": ["true", "false"]}, "include deleted objects")],
+                      "responses": {**ok("a page", {"type": "object", "required": ["items", "nextCursor"], "properties": {
+                          "items": {"type": "array", "items": {"$ref": "#/components/schemas/InventoryItem"}}, "nextCursor": NULLABLE_STR}}),
+                          "400": err("bad parameter"), **READ_ERRORS}}},
+    "/download/{date}/{database}": {"get": {"summary": "A nightly backup, streamed",
+                                            "parameters": [p("date", DATE, "night (UTC)"), p("database", DB, "configured database")],
+                                            "responses": {"200": {"description": "the dump", "headers": {"X-Backup-SHA256": {"schema": {"type": "string"}}},
+                                                                  "content": {"application/sql": {"schema": {"type": "string", "format": "binary"}},
+                                                                              "application/gzip": {"schema": {"type": "string", "format": "binary"}}}},
+                                                          "400": err("bad date"), "404": err("unknown database or no backup"), **READ_ERRORS}}},
+    "/download/weekly/{week}": {"get": {"summary": "A weekly archive, streamed",
+                                        "parameters": [p("week", WEEK, "ISO week")],
+                                        "responses": {"200": {"description": "tar.gz", "headers": {"X-Backup-SHA256": {"schema": {"type": "string"}}},
+                                                              "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}},
+                                                      "400": err("bad week"), "404": err("no archive"), **READ_ERRORS}}},
+    "/restore-guide/{database}": {"get": {"summary": "Restore steps for a backup",
+                                          "parameters": [p("database", DB, "database"), q("date", DATE, "that night's backup instead of the newest")],
+                                          "responses": {**ok("the guide", {"type": "object", "required": ["database", "key", "sha256", "steps", "tables"]}),
+                                                        "400": err("bad parameter"), "404": err("no backup"), **READ_ERRORS}}},
+    "/dead-letters": {"get": {"summary": "Dead runs and unreadable messages",
+                              "parameters": [q("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "entries of each (50)")],
+                              "responses": {**ok("dead letters", {"type": "object", "required": ["deadRuns", "rejectedMessages"]}),
+                                            "400": err("bad parameter"), **READ_ERRORS}}},
+    "/metrics": {"get": {"summary": "Prometheus metrics",
+                         "responses": {"200": {"description": "text exposition format 0.0.4",
+                                               "content": {"text/plain": {"schema": {"type": "string"}}}}, **READ_ERRORS}}},
+    "/openapi.json": {"get": {"summary": "This document", "responses": {**ok("OpenAPI 3.1", {"type": "object"}), **READ_ERRORS}}},
+    "/trigger": {"post": {"summary": "Back up now",
+                          "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                          "schema": {"type": "string", "pattern": "^[!-~]{1,200}$"}}],
+                          "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                              "type": "object", "additionalProperties": False, "properties": {
+                                  "databases": {"type": "array", "minItems": 1, "items": DB},
+                                  "reason": {"type": "string", "maxLength": 500}}}}}},
+                          "responses": {**ok("queued", {"type": "object", "required": ["jobId", "databases", "status"]}, "202"),
+                                        **ok("replayed (same Idempotency-Key)", {"type": "object"}),
+                                        "400": err("bad body"), "409": err("idempotency race"), "413": err("body too large"),
+                                        "422": err("Idempotency-Key reused with another body"), **ADMIN_ERRORS}}},
+    "/runs/{id}/retry": {"post": {"summary": "Export a dead run again",
+                                  "parameters": [p("id", UUID, "run id")],
+                                  "responses": {**ok("queued", {"type": "object"}, "202"), "400": err("not a UUID"),
+                                                "404": err("no such run"), "409": err("run not dead"), **ADMIN_ERRORS}}},
+    "/archive": {"post": {"summary": "Archive a finished ISO week",
+                          "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                              "type": "object", "required": ["week"], "additionalProperties": False,
+                              "properties": {"week": WEEK}}}}},
+                          "responses": {**ok("queued (or joined)", {"type": "object", "required": ["jobId", "week", "key"]}, "202"),
+                                        "400": err("bad body or week"), "413": err("body too large"), **ADMIN_ERRORS}}},
+    "/cleanup": {"post": {"summary": "Apply retention now",
+                          "responses": {**ok("every decision", {"type": "object", "required": ["deleted", "kept", "errors"], "properties": {
+                              "deleted": {"type": "array", "items": decision}, "kept": {"type": "array", "items": decision},
+                              "errors": {"type": "array", "items": {"type": "string"}}}}), **ADMIN_ERRORS}}},
+    "/dashboard": {"get": {"summary": "The dashboard page (a static shell; data needs a token)", "security": [],
+                           "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+}
+
+document = {
+    "openapi": "3.1.0",
+    "info": {"title": "d1-backup", "version": "0.1.0",
+             "description": "Backups of Cloudflare D1 databases: trigger, follow, list, download, restore."},
+    "security": [{"bearer": []}],
+    "paths": paths,
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                       "description": "ADMIN_TOKEN for everything; READ_TOKEN for reads"}},
+        "schemas": {
+            "Error": {"type": "object", "required": ["error", "message"],
+                      "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
+            "Run": run, "Job": job, "ArchiveJob": archive_job, "InventoryItem": item,
+        },
+    },
+}
+
+out = Path(__file__).resolve().parents[1] / "producer" / "src" / "openapi.json"
+out.write_text(json.dumps(document, indent=1) + "\n")
+print(f"wrote {out}")

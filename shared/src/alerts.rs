@@ -1,0 +1,405 @@
+//! Alerts: the checks run at every cron (stale backups, shrinking dumps, schema changes) and the
+//! webhook payloads that carry alerts to Discord, Slack or any JSON endpoint. Pure functions;
+//! the Workers record alerts in the metadata database and deliver them.
+
+use crate::dump::SchemaObject;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// An alert to record (and deliver).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    /// `run_dead`, `message_rejected`, `job_failed`, `job_succeeded`, `backup_stale`,
+    /// `backup_shrank`, `schema_changed`, `verify_failed`, `archive_member_bad`, `archive_dead`.
+    pub kind: String,
+    pub database: Option<String>,
+    pub job_id: Option<String>,
+    pub message: String,
+    pub details: serde_json::Value,
+    /// What the alert is about, so that a check repeated at every cron raises it once (for
+    /// example the backup key a schema change was seen in).
+    pub subject: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    Discord,
+    Slack,
+    Json,
+}
+
+/// One configured webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub url: String,
+    pub format: WebhookFormat,
+}
+
+/// Parses `WEBHOOK_URL`: one or more URLs separated by whitespace. The format of each comes
+/// from an explicit `discord+`, `slack+` or `json+` prefix, else from its host (discord.com and
+/// discordapp.com are Discord, hooks.slack.com is Slack), else generic JSON.
+pub fn parse_webhooks(value: &str) -> Result<Vec<Webhook>, String> {
+    value
+        .split_whitespace()
+        .enumerate()
+        .map(|(i, entry)| {
+            let (format, url) = match entry.split_once('+') {
+                Some(("discord", url)) => (Some(WebhookFormat::Discord), url),
+                Some(("slack", url)) => (Some(WebhookFormat::Slack), url),
+                Some(("json", url)) => (Some(WebhookFormat::Json), url),
+                _ => (None, entry),
+            };
+            // The URL is a secret: errors name the webhook by position only.
+            let host = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"))
+                .and_then(|rest| rest.split(['/', '?', '#']).next())
+                .filter(|h| !h.is_empty())
+                .ok_or_else(|| format!("WEBHOOK_URL entry {} is not an http(s) URL", i + 1))?;
+            let host = host.rsplit('@').next().unwrap_or(host).split(':').next().unwrap_or(host);
+            let format = format.unwrap_or(match host {
+                "discord.com" | "discordapp.com" | "ptb.discord.com" | "canary.discord.com" => WebhookFormat::Discord,
+                "hooks.slack.com" => WebhookFormat::Slack,
+                _ => WebhookFormat::Json,
+            });
+            Ok(Webhook { url: url.to_owned(), format })
+        })
+        .collect()
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    if text.chars().count() <= max_chars {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max_chars.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+fn title(alert: &Alert) -> String {
+    let what = match alert.kind.as_str() {
+        "run_dead" => "Backup failed for good",
+        "message_rejected" => "Unreadable queue message",
+        "job_failed" => "Backup job finished with failures",
+        "job_succeeded" => "Backup job succeeded",
+        "backup_stale" => "No recent backup",
+        "backup_shrank" => "Backup shrank",
+        "schema_changed" => "Schema changed",
+        "verify_failed" => "Backup verification failed",
+        "archive_member_bad" => "Daily left out of the weekly archive",
+        "archive_dead" => "Weekly archive failed",
+        other => other,
+    };
+    match &alert.database {
+        Some(db) => format!("{what}: {db}"),
+        None => what.to_owned(),
+    }
+}
+
+fn is_bad_news(kind: &str) -> bool {
+    kind != "job_succeeded"
+}
+
+/// The body to POST to `format`'s webhook, within each service's limits (Discord: content
+/// 2000, embed title 256, description 4096, field value 1024 characters).
+pub fn webhook_body(alert: &Alert, format: WebhookFormat, source: &str, at: DateTime<Utc>) -> serde_json::Value {
+    let title = title(alert);
+    match format {
+        WebhookFormat::Discord => {
+            let mut fields = Vec::new();
+            if let Some(db) = &alert.database {
+                fields.push(serde_json::json!({ "name": "Database", "value": truncate(db, 1024), "inline": true }));
+            }
+            if let Some(job) = &alert.job_id {
+                fields.push(serde_json::json!({ "name": "Job", "value": truncate(job, 1024), "inline": true }));
+            }
+            serde_json::json!({
+                "username": truncate(source, 80),
+                "content": truncate(&format!("**{title}**"), 2000),
+                "embeds": [{
+                    "title": truncate(&title, 256),
+                    "description": truncate(&alert.message, 4096),
+                    "color": if is_bad_news(&alert.kind) { 0xd93f0b } else { 0x2da44e },
+                    "fields": fields,
+                    "timestamp": at.to_rfc3339(),
+                    "footer": { "text": truncate(&format!("{source} · {}", alert.kind), 2048) },
+                }],
+            })
+        }
+        WebhookFormat::Slack => {
+            let mut context = vec![format!("*{}*", alert.kind)];
+            if let Some(job) = &alert.job_id {
+                context.push(format!("job `{job}`"));
+            }
+            context.push(at.to_rfc3339());
+            serde_json::json!({
+                "text": truncate(&format!("{title}: {}", alert.message), 3000),
+                "blocks": [
+                    { "type": "header", "text": { "type": "plain_text", "text": truncate(&title, 150) } },
+                    { "type": "section", "text": { "type": "mrkdwn", "text": truncate(&alert.message, 3000) } },
+                    { "type": "context", "elements": [{ "type": "mrkdwn", "text": truncate(&format!("{source} · {}", context.join(" · ")), 3000) }] },
+                ],
+            })
+        }
+        WebhookFormat::Json => serde_json::json!({
+            "source": source,
+            "kind": alert.kind,
+            "title": title,
+            "database": alert.database,
+            "jobId": alert.job_id,
+            "message": alert.message,
+            "details": alert.details,
+            "at": at.to_rfc3339(),
+        }),
+    }
+}
+
+/// Thresholds of the checks run at every cron (`ALERT_STALE_HOURS`, `ALERT_SHRINK_PERCENT`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AlertThresholds {
+    pub stale_hours: u32,
+    pub shrink_percent: f64,
+}
+
+impl Default for AlertThresholds {
+    fn default() -> Self {
+        AlertThresholds { stale_hours: 36, shrink_percent: 20.0 }
+    }
+}
+
+/// A configured database with no successful backup for longer than the threshold (or never,
+/// once it has been configured that long). One alert per database per day at most.
+pub fn stale_alerts(
+    last_success: &[(String, Option<DateTime<Utc>>)],
+    now: DateTime<Utc>,
+    thresholds: AlertThresholds,
+) -> Vec<Alert> {
+    let limit = Duration::hours(i64::from(thresholds.stale_hours));
+    last_success
+        .iter()
+        .filter(|(_, last)| last.is_none_or(|t| now - t > limit))
+        .map(|(db, last)| {
+            let message = match last {
+                Some(t) => format!(
+                    "{db} has no successful backup since {} ({} hours; the limit is {}).",
+                    t.to_rfc3339(),
+                    (now - *t).num_hours(),
+                    thresholds.stale_hours
+                ),
+                None => format!("{db} has never been backed up successfully."),
+            };
+            Alert {
+                kind: "backup_stale".into(),
+                database: Some(db.clone()),
+                job_id: None,
+                message,
+                details: serde_json::json!({ "lastSuccess": last.map(|t| t.to_rfc3339()), "staleHours": thresholds.stale_hours }),
+                subject: Some(format!("{db}@{}", now.format("%Y-%m-%d"))),
+            }
+        })
+        .collect()
+}
+
+/// The facts about one stored backup that the comparisons need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupFacts {
+    pub key: String,
+    pub bytes: u64,
+    pub rows: u64,
+    /// `None` when the backup predates schema recording.
+    pub schema: Option<Vec<SchemaObject>>,
+}
+
+/// The newest backup of `database` against the one before it: shrank by more than the
+/// threshold (bytes or rows), or a changed schema (objects named).
+pub fn comparison_alerts(database: &str, previous: &BackupFacts, newest: &BackupFacts, thresholds: AlertThresholds) -> Vec<Alert> {
+    let mut alerts = Vec::new();
+    let shrink = |before: u64, after: u64| {
+        if before == 0 || after >= before {
+            0.0
+        } else {
+            (before - after) as f64 * 100.0 / before as f64
+        }
+    };
+    let (bytes_drop, rows_drop) = (shrink(previous.bytes, newest.bytes), shrink(previous.rows, newest.rows));
+    if bytes_drop > thresholds.shrink_percent || rows_drop > thresholds.shrink_percent {
+        alerts.push(Alert {
+            kind: "backup_shrank".into(),
+            database: Some(database.to_owned()),
+            job_id: None,
+            message: format!(
+                "{database}'s newest backup is {bytes_drop:.1}% smaller ({} → {} bytes) with {rows_drop:.1}% fewer rows ({} → {}) than the one before (threshold {}%).",
+                previous.bytes, newest.bytes, previous.rows, newest.rows, thresholds.shrink_percent
+            ),
+            details: serde_json::json!({
+                "previousKey": previous.key, "key": newest.key,
+                "previousBytes": previous.bytes, "bytes": newest.bytes,
+                "previousRows": previous.rows, "rows": newest.rows,
+            }),
+            subject: Some(newest.key.clone()),
+        });
+    }
+    if let (Some(before), Some(after)) = (&previous.schema, &newest.schema) {
+        let diff = schema_diff(before, after);
+        if !diff.is_empty() {
+            let mut parts = Vec::new();
+            for (label, names) in [("created", &diff.created), ("dropped", &diff.dropped), ("changed", &diff.changed)] {
+                if !names.is_empty() {
+                    parts.push(format!("{label} {}", names.join(", ")));
+                }
+            }
+            alerts.push(Alert {
+                kind: "schema_changed".into(),
+                database: Some(database.to_owned()),
+                job_id: None,
+                message: format!("{database}'s schema changed since the previous backup: {}.", parts.join("; ")),
+                details: serde_json::json!({ "previousKey": previous.key, "key": newest.key, "diff": diff }),
+                subject: Some(newest.key.clone()),
+            });
+        }
+    }
+    alerts
+}
+
+/// Schema objects created, dropped and changed, each named `<type> <name>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SchemaDiff {
+    pub created: Vec<String>,
+    pub dropped: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+impl SchemaDiff {
+    pub fn is_empty(&self) -> bool {
+        self.created.is_empty() && self.dropped.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// Compares by (type, name); SQL is compared with whitespace runs collapsed, since SQLite
+/// keeps a statement's text as written.
+pub fn schema_diff(before: &[SchemaObject], after: &[SchemaObject]) -> SchemaDiff {
+    let index = |objects: &[SchemaObject]| -> BTreeMap<(String, String), String> {
+        objects
+            .iter()
+            .map(|o| ((o.kind.clone(), o.name.clone()), o.sql.split_whitespace().collect::<Vec<_>>().join(" ")))
+            .collect()
+    };
+    let (before, after) = (index(before), index(after));
+    let label = |(kind, name): &(String, String)| format!("{kind} {name}");
+    SchemaDiff {
+        created: after.keys().filter(|k| !before.contains_key(*k)).map(label).collect(),
+        dropped: before.keys().filter(|k| !after.contains_key(*k)).map(label).collect(),
+        changed: after
+            .iter()
+            .filter(|(k, sql)| before.get(*k).is_some_and(|old| old != *sql))
+            .map(|(k, _)| label(k))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn object(kind: &str, name: &str, sql: &str) -> SchemaObject {
+        SchemaObject { kind: kind.into(), name: name.into(), sql: sql.into() }
+    }
+
+    #[test]
+    fn webhooks_parse_with_prefixes_and_hosts() {
+        let hooks = parse_webhooks(
+            "https://discord.com/api/webhooks/1/x  https://hooks.slack.com/services/T/B/x\n\
+             slack+http://127.0.0.1:9/s json+http://h/j http://user@example.com:8080/hook",
+        )
+        .unwrap();
+        let formats: Vec<WebhookFormat> = hooks.iter().map(|h| h.format).collect();
+        use WebhookFormat::*;
+        assert_eq!(formats, [Discord, Slack, Slack, Json, Json]);
+        assert_eq!(hooks[2].url, "http://127.0.0.1:9/s");
+        let err = parse_webhooks("https://ok/x ftp://secret-host/x").unwrap_err();
+        assert_eq!(err, "WEBHOOK_URL entry 2 is not an http(s) URL");
+    }
+
+    #[test]
+    fn discord_limits_are_respected_on_character_boundaries() {
+        let alert = Alert {
+            kind: "run_dead".into(),
+            database: Some("é".repeat(2000)),
+            job_id: None,
+            message: "ü".repeat(5000),
+            details: serde_json::Value::Null,
+            subject: None,
+        };
+        let body = webhook_body(&alert, WebhookFormat::Discord, "d1-backup", at("2026-11-23T03:00:00Z"));
+        let embed = &body["embeds"][0];
+        assert_eq!(embed["description"].as_str().unwrap().chars().count(), 4096);
+        assert!(embed["description"].as_str().unwrap().ends_with('…'));
+        assert_eq!(embed["title"].as_str().unwrap().chars().count(), 256);
+        assert_eq!(embed["fields"][0]["value"].as_str().unwrap().chars().count(), 1024);
+        assert!(body["content"].as_str().unwrap().chars().count() <= 2000);
+        let slack = webhook_body(&alert, WebhookFormat::Slack, "d1-backup", at("2026-11-23T03:00:00Z"));
+        assert_eq!(slack["blocks"][1]["text"]["text"].as_str().unwrap().chars().count(), 3000);
+        let json = webhook_body(&alert, WebhookFormat::Json, "d1-backup", at("2026-11-23T03:00:00Z"));
+        assert_eq!(json["kind"], "run_dead");
+        assert_eq!(json["message"].as_str().unwrap().chars().count(), 5000);
+    }
+
+    #[test]
+    fn stale_databases_are_named_once_a_day() {
+        let now = at("2026-11-23T10:00:00Z");
+        let alerts = stale_alerts(
+            &[
+                ("fresh".into(), Some(at("2026-11-23T03:00:00Z"))),
+                ("old".into(), Some(at("2026-11-21T03:00:00Z"))),
+                ("never".into(), None),
+            ],
+            now,
+            AlertThresholds::default(),
+        );
+        let names: Vec<&str> = alerts.iter().map(|a| a.database.as_deref().unwrap()).collect();
+        assert_eq!(names, ["old", "never"]);
+        assert_eq!(alerts[0].subject.as_deref(), Some("old@2026-11-23"));
+        assert!(alerts[0].message.contains("55 hours"));
+    }
+
+    #[test]
+    fn shrinking_and_schema_changes_are_reported_with_names() {
+        let before = BackupFacts {
+            key: "daily/2026-11-22/a.sql".into(),
+            bytes: 1000,
+            rows: 100,
+            schema: Some(vec![
+                object("table", "t", "CREATE TABLE t(a)"),
+                object("index", "i", "CREATE INDEX i ON t(a)"),
+                object("view", "v", "CREATE VIEW v AS SELECT 1"),
+            ]),
+        };
+        let mut after = BackupFacts {
+            key: "daily/2026-11-23/a.sql".into(),
+            bytes: 700,
+            rows: 95,
+            schema: Some(vec![
+                object("table", "t", "CREATE TABLE t(a, b)"),
+                object("index", "i", "CREATE  INDEX i\n ON t(a)"),
+                object("trigger", "tr", "CREATE TRIGGER tr ..."),
+            ]),
+        };
+        let alerts = comparison_alerts("a", &before, &after, AlertThresholds::default());
+        assert_eq!(alerts.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>(), ["backup_shrank", "schema_changed"]);
+        assert_eq!(
+            alerts[1].message,
+            "a's schema changed since the previous backup: created trigger tr; dropped view v; changed table t."
+        );
+        assert_eq!(alerts[0].subject.as_deref(), Some("daily/2026-11-23/a.sql"));
+        after.bytes = 900;
+        after.schema = before.schema.clone();
+        assert!(comparison_alerts("a", &before, &after, AlertThresholds::default()).is_empty());
+    }
+}
