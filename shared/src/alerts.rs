@@ -117,6 +117,8 @@ pub fn webhook_body(alert: &Alert, format: WebhookFormat, source: &str, at: Date
                 fields.push(serde_json::json!({ "name": "Job", "value": truncate(job, 1024), "inline": true }));
             }
             serde_json::json!({
+                // Text from errors must never ping @everyone or anyone else.
+                "allowed_mentions": { "parse": [] },
                 "username": truncate(source, 80),
                 "content": truncate(&format!("**{title}**"), 2000),
                 "embeds": [{
@@ -130,16 +132,20 @@ pub fn webhook_body(alert: &Alert, format: WebhookFormat, source: &str, at: Date
             })
         }
         WebhookFormat::Slack => {
+            // Slack reads <...> as links and mentions: escape what the alert quotes.
+            let escape = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+            let title = escape(&title);
+            let message = escape(&alert.message);
             let mut context = vec![format!("*{}*", alert.kind)];
             if let Some(job) = &alert.job_id {
                 context.push(format!("job `{job}`"));
             }
             context.push(at.to_rfc3339());
             serde_json::json!({
-                "text": truncate(&format!("{title}: {}", alert.message), 3000),
+                "text": truncate(&format!("{title}: {message}"), 3000),
                 "blocks": [
                     { "type": "header", "text": { "type": "plain_text", "text": truncate(&title, 150) } },
-                    { "type": "section", "text": { "type": "mrkdwn", "text": truncate(&alert.message, 3000) } },
+                    { "type": "section", "text": { "type": "mrkdwn", "text": truncate(&message, 3000) } },
                     { "type": "context", "elements": [{ "type": "mrkdwn", "text": truncate(&format!("{source} · {}", context.join(" · ")), 3000) }] },
                 ],
             })
@@ -346,6 +352,10 @@ mod tests {
         assert!(body["content"].as_str().unwrap().chars().count() <= 2000);
         let slack = webhook_body(&alert, WebhookFormat::Slack, "d1-backup", at("2026-11-23T03:00:00Z"));
         assert_eq!(slack["blocks"][1]["text"]["text"].as_str().unwrap().chars().count(), 3000);
+        assert_eq!(body["allowed_mentions"]["parse"], serde_json::json!([]));
+        let html = Alert { message: "<@everyone> & <http://x|y>".into(), ..alert.clone() };
+        let slack = webhook_body(&html, WebhookFormat::Slack, "d1-backup", at("2026-11-23T03:00:00Z"));
+        assert_eq!(slack["blocks"][1]["text"]["text"], "&lt;@everyone&gt; &amp; &lt;http://x|y&gt;");
         let json = webhook_body(&alert, WebhookFormat::Json, "d1-backup", at("2026-11-23T03:00:00Z"));
         assert_eq!(json["kind"], "run_dead");
         assert_eq!(json["message"].as_str().unwrap().chars().count(), 5000);

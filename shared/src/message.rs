@@ -43,12 +43,17 @@ impl BackupMessage {
 
     /// Parses a message body, refusing unknown versions.
     pub fn from_json(value: serde_json::Value) -> Result<BackupMessage, String> {
-        let v = value.get("v").and_then(|v| v.as_u64());
-        if v != Some(u64::from(MESSAGE_VERSION)) {
-            return Err(format!("unsupported message version {v:?}, expected {MESSAGE_VERSION}"));
-        }
-        serde_json::from_value(value).map_err(|e| format!("malformed backup message: {e}"))
+        parse_versioned(value, "backup")
     }
+}
+
+/// Checks the format version `v`, then parses the rest.
+fn parse_versioned<T: serde::de::DeserializeOwned>(value: serde_json::Value, what: &str) -> Result<T, String> {
+    let v = value.get("v").and_then(|v| v.as_u64());
+    if v != Some(u64::from(MESSAGE_VERSION)) {
+        return Err(format!("unsupported message version {v:?}, expected {MESSAGE_VERSION}"));
+    }
+    serde_json::from_value(value).map_err(|e| format!("malformed {what} message: {e}"))
 }
 
 /// Build (or continue building) one week's archive. The archiver's own queue carries these.
@@ -78,11 +83,7 @@ impl ArchiveMessage {
 
     /// Parses a message body, refusing unknown versions.
     pub fn from_json(value: serde_json::Value) -> Result<ArchiveMessage, String> {
-        let v = value.get("v").and_then(|v| v.as_u64());
-        if v != Some(u64::from(MESSAGE_VERSION)) {
-            return Err(format!("unsupported message version {v:?}, expected {MESSAGE_VERSION}"));
-        }
-        serde_json::from_value(value).map_err(|e| format!("malformed archive message: {e}"))
+        parse_versioned(value, "archive")
     }
 }
 

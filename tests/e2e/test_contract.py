@@ -34,7 +34,7 @@ def test_reads_need_a_token_and_accept_the_read_only_one(contract_stack, path):
         r = s.request("GET", path, token=token)
         assert r.status == status and "message" in r.json(), (path, token, r.body[:200])
     malformed = s.request("GET", path, headers={"Authorization": "Basic " + ADMIN_TOKEN})
-    assert malformed.status == 401
+    assert malformed.status == 401 and malformed.headers["WWW-Authenticate"].startswith("Bearer")
     lower = s.request("GET", path, headers={"Authorization": "bearer " + READ_TOKEN})
     assert lower.status not in (401, 403), path
     for token in (READ_TOKEN, ADMIN_TOKEN):
