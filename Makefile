@@ -23,7 +23,7 @@ WORKER_SOURCES := $(shell find shared/src platform/src producer/src consumer/src
                   Cargo.toml Cargo.lock shared/Cargo.toml platform/Cargo.toml
 SHIMS := $(foreach w,$(WORKERS),$(w)/build/worker/shim.mjs)
 
-.PHONY: dev test setup build tools unit e2e clean
+.PHONY: dev test setup build tools unit e2e bench clean
 
 dev: build
 	scripts/local-stack.sh prepare "$(STATE_DIR)"
@@ -42,6 +42,11 @@ unit: tools
 
 e2e: build .venv/.installed
 	.venv/bin/python -m pytest tests/e2e
+
+# Not part of `make test`: our export of a generated database of BENCH_ROWS rows (default 500000)
+# beside `wrangler d1 export` and `sqlite3 .dump`, and restores of the dumps; see bench/run.py.
+bench: build .venv/.installed
+	.venv/bin/python bench/run.py
 
 setup: tools node_modules/.installed .venv/.installed
 

@@ -1,0 +1,733 @@
+"""`make bench`: our export side by side with `wrangler d1 export --local` and `sqlite3 .dump` on
+one generated database, then restores of the dumps into fresh databases.
+
+The stack is the e2e harness's (tests/e2e/stack.py) with one extra source database, `fan01`,
+which this script fills before the stack starts; its consumer keeps the export budget of
+consumer/wrangler.toml (the production defaults). Standard library only. Everything it writes
+goes to target/bench/: results.md, results.json, the dumps, the logs and the local state.
+
+    BENCH_ROWS=500000           rows in the generated database (a tenth users, the rest events)
+    BENCH_PORT=                 the stack's port; by default the first free one in 8950-8999
+    BENCH_EXPORT_TIMEOUT=1800   seconds allowed to each export
+    BENCH_RESTORE_TIMEOUT=3600  seconds allowed to each restore
+
+Exits 1 when a measured tool fails, a restore lacks rows, or our dump is not what the run says.
+"""
+
+import atexit
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+from stack import Stack, scratch_d1_config  # noqa: E402
+
+OUT = ROOT / "target" / "bench"
+CONF = OUT / "config"
+# `wrangler d1 export --local` has no --persist-to: it reads <config dir>/.wrangler/state. The
+# stack and every other command are given this same directory with --persist-to.
+STATE = CONF / ".wrangler" / "state"
+DUMPS = OUT / "dumps"
+SCRATCH = OUT / "scratch"
+
+# The first extra database of Stack(extra_databases=1): its name, binding and id as stack.py
+# writes them into the consumer's config copy (checked once the stack runs).
+DB_NAME = "fan01"
+DB_BINDING = "DB_FAN01"
+DB_ID = "00000000-0000-4000-8000-000000000201"
+D1_FILES = STATE / "v3" / "d1" / "miniflare-D1DatabaseObject"
+WRANGLER = ["node", str(ROOT / "node_modules/wrangler/bin/wrangler.js")]
+ENV = {**os.environ, "WRANGLER_SEND_METRICS": "false", "CI": "true"}
+
+ROWS = int(os.environ.get("BENCH_ROWS", "500000"))
+EXPORT_TIMEOUT = float(os.environ.get("BENCH_EXPORT_TIMEOUT", "1800"))
+RESTORE_TIMEOUT = float(os.environ.get("BENCH_RESTORE_TIMEOUT", "3600"))
+
+SCHEMA = """
+CREATE TABLE users (
+  id         INTEGER PRIMARY KEY,
+  email      TEXT NOT NULL UNIQUE,
+  name       TEXT NOT NULL,
+  country    TEXT,
+  created_at INTEGER NOT NULL,
+  score      REAL,
+  avatar     BLOB
+);
+CREATE TABLE events (
+  id         INTEGER PRIMARY KEY,
+  user_id    INTEGER NOT NULL REFERENCES users (id),
+  ts         INTEGER NOT NULL,
+  kind       TEXT NOT NULL,
+  amount     REAL,
+  payload    TEXT,
+  attachment BLOB
+);
+CREATE INDEX events_by_user ON events (user_id, ts);
+"""
+TABLES = ("users", "events")
+
+# Filled by the sqlite3 CLI in one transaction per table: rows from a recursive CTE, columns
+# from multiplicative hashes of the row number (the same data every run, but for the bytes of
+# the BLOBs, which are random; their sizes are not). Mixed types and NULLs in every nullable
+# column, non-ASCII text, JSON payloads, REALs that need 17 digits, foreign keys that hold.
+FILL = """
+.bail on
+CREATE TEMP TABLE first_names (i INTEGER PRIMARY KEY, v TEXT NOT NULL);
+INSERT INTO first_names (v) VALUES ('Ana'), ('Bjørn'), ('Chloé'), ('Dmitri'), ('Émile'), ('Fatima'),
+  ('Günther'), ('Hiro'), ('Inés'), ('José'), ('Kai'), ('Léa'), ('Zoë'), ('Ōtani'), ('Søren'), ('Wei');
+CREATE TEMP TABLE last_names (i INTEGER PRIMARY KEY, v TEXT NOT NULL);
+INSERT INTO last_names (v) VALUES ('Smith'), ('Müller'), ('Dubois'), ('Tanaka'), ('Silva'), ('Kumar'),
+  ('O''Brien'), ('García'), ('Rossi'), ('Nowak'), ('李'), ('Åberg');
+CREATE TEMP TABLE countries (i INTEGER PRIMARY KEY, v TEXT NOT NULL);
+INSERT INTO countries (v) VALUES ('US'), ('DE'), ('FR'), ('JP'), ('BR'), ('IN'), ('GB'), ('CH'), ('ES');
+CREATE TEMP TABLE kinds (i INTEGER PRIMARY KEY, v TEXT NOT NULL);
+INSERT INTO kinds (v) VALUES ('page_view'), ('click'), ('search'), ('add_to_cart'), ('checkout'),
+  ('login'), ('logout'), ('signup'), ('error');
+CREATE TEMP TABLE words (i INTEGER PRIMARY KEY, v TEXT NOT NULL);
+INSERT INTO words (v) VALUES ('alpha'), ('beta'), ('order'), ('cart'), ('checkout'), ('search'),
+  ('page'), ('view'), ('product'), ('review'), ('rating'), ('share'), ('export'), ('sync'),
+  ('upload'), ('café'), ('naïve'), ('Zürich'), ('東京'), ('München'), ('São Paulo'), ('emoji 🙂'),
+  ('données'), ('"quoted"'), ('it''s'), ('tab' || char(9) || 'here'), ('line' || char(10) || 'break'),
+  ('back\\slash');
+BEGIN;
+WITH RECURSIVE n (i) AS (SELECT 1 WHERE {users} > 0 UNION ALL SELECT i + 1 FROM n WHERE i < {users}),
+h (i, a, b) AS (SELECT i, (i * 2654435761) % 4294967296, (i * 1103515245 + 12345) % 2147483648 FROM n)
+INSERT INTO users (id, email, name, country, created_at, score, avatar)
+SELECT h.i, lower(f.v || '.' || l.v) || '.' || h.i || '@example.com', f.v || ' ' || l.v, c.v,
+       1600000000000 + a * 23,
+       CASE WHEN b % 10 = 0 THEN NULL ELSE a / 42949672.96 END,
+       CASE WHEN b % 10 < 3 THEN randomblob(32 + b % 64) END
+FROM h CROSS JOIN first_names f CROSS JOIN last_names l LEFT JOIN countries c ON c.i = 1 + (a >> 8) % 10
+WHERE f.i = 1 + a % 16 AND l.i = 1 + (b >> 4) % 12;
+COMMIT;
+BEGIN;
+WITH RECURSIVE n (i) AS (SELECT 1 WHERE {events} > 0 UNION ALL SELECT i + 1 FROM n WHERE i < {events}),
+h (i, a, b, c) AS (SELECT i, (i * 2654435761) % 4294967296, (i * 1103515245 + 12345) % 2147483648,
+                          (i * 69069 + 1) % 4294967296 FROM n)
+INSERT INTO events (id, user_id, ts, kind, amount, payload, attachment)
+SELECT h.i, 1 + a % {users}, 1700000000000 + h.i * 37 + b % 37, k.v,
+       CASE WHEN b % 5 = 0 THEN NULL ELSE (c % 500000) / 100.0 END,
+       CASE WHEN b % 20 = 7 THEN NULL
+            ELSE json_object('path', '/p/' || (c % 1000000), 'kind', k.v, 'q', w1.v || ' ' || w2.v || ' ' || w3.v,
+                             'n', b % 1000, 'ok', json(CASE WHEN a % 2 THEN 'true' ELSE 'false' END)) END,
+       CASE WHEN (a >> 4) % 100 < 15 THEN randomblob(8 + b % 40) END
+FROM h CROSS JOIN kinds k CROSS JOIN words w1 CROSS JOIN words w2 CROSS JOIN words w3
+WHERE k.i = 1 + (a >> 12) % 9 AND w1.i = 1 + b % 28 AND w2.i = 1 + (c >> 8) % 28 AND w3.i = 1 + (a >> 16) % 28;
+COMMIT;
+PRAGMA foreign_key_check;
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def bench_port() -> int:
+    if os.environ.get("BENCH_PORT"):
+        return int(os.environ["BENCH_PORT"])
+    for port in range(8950, 9000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port in 8950-8999")
+
+
+def write_db_config() -> Path:
+    """A wrangler config naming only the bench database: for `wrangler d1` commands on it."""
+    CONF.mkdir(parents=True, exist_ok=True)
+    path = CONF / "bench-db.toml"
+    path.write_text(f'name = "bench-db"\ncompatibility_date = "2025-11-01"\n\n[[d1_databases]]\n'
+                    f'binding = "{DB_BINDING}"\ndatabase_name = "{DB_NAME}"\ndatabase_id = "{DB_ID}"\n')
+    return path
+
+
+def budget() -> dict:
+    """The export budget the stack's consumer runs with: consumer/wrangler.toml's [vars]."""
+    vars_ = tomllib.loads((ROOT / "consumer" / "wrangler.toml").read_text())["vars"]
+    return {k: v for k, v in vars_.items() if k.startswith("EXPORT_")}
+
+
+# -- processes and memory ----------------------------------------------------------------------
+
+def group_members(pgid: int) -> list[tuple[int, str]]:
+    """(pid, comm) of every live process in a process group."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if int(fields[2]) == pgid:
+            members.append((int(entry), stat[stat.find("(") + 1:stat.rfind(")")]))
+    return members
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_seconds(pids) -> float:
+    """utime + stime of live processes."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def loadavg() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+class RssSampler:
+    """Samples, every `interval` s, the summed VmRSS of a process group's members (optionally
+    only those whose comm is `comm`); keeps the first sample, the last and the peak."""
+
+    def __init__(self, pgid: int, comm: str | None = None, interval: float = 0.1):
+        self.pgid, self.comm, self.interval = pgid, comm, interval
+        self.first_kib = self.last_kib = self.peak_kib = 0
+        self.peak_by_pid: dict[int, int] = {}
+        self.samples = 0
+        self.processes: set[tuple[int, str]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> int:
+        members = [(p, c) for p, c in group_members(self.pgid) if self.comm is None or c == self.comm]
+        self.processes.update(members)
+        sizes = {p: rss_kib(p) for p, _ in members}
+        for p, kib in sizes.items():
+            self.peak_by_pid[p] = max(self.peak_by_pid.get(p, 0), kib)
+        total = sum(sizes.values())
+        if self.samples == 0:
+            self.first_kib = total
+        self.samples += 1
+        self.last_kib = total
+        self.peak_kib = max(self.peak_kib, total)
+        return total
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+# Process groups of the commands being measured, killed if the bench itself is stopped.
+LIVE_GROUPS: set[int] = set()
+
+
+def kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def kill_live_groups() -> None:
+    for pgid in list(LIVE_GROUPS):
+        kill_group(pgid)
+
+
+def timed(cmd: list[str], stdout: Path, timeout: float, stdin: Path | None = None) -> dict:
+    """Runs a command in its own process group, stdout to a file: wall time, exit code, CPU time,
+    peak RSS (sampled, summed over the group)."""
+    err_path = stdout.with_name(stdout.name + ".stderr")
+    load = loadavg()
+    with open(stdout, "wb") as out, open(err_path, "wb") as err, open(stdin or os.devnull, "rb") as inp:
+        start = time.monotonic()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=err, stdin=inp,
+                                start_new_session=True)
+        LIVE_GROUPS.add(proc.pid)
+        sampler = RssSampler(proc.pid)
+        timer = threading.Timer(timeout, kill_group, (proc.pid,))
+        timer.start()
+        with sampler:
+            _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.monotonic() - start
+        timer.cancel()
+    kill_group(proc.pid)  # anything the command left behind in its group
+    LIVE_GROUPS.discard(proc.pid)
+    return {
+        "cmd": " ".join(str(c) for c in cmd),
+        "seconds": seconds,
+        "exit": os.waitstatus_to_exitcode(status),
+        "timed_out": seconds >= timeout,
+        "peak_rss_mib": sampler.peak_kib / 1024,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "loadavg_before": load,
+        "stderr_tail": (stdout.read_text(errors="replace")[-1000:] if stdout.suffix == ".log" else "")
+                       + err_path.read_text(errors="replace")[-2000:],
+    }
+
+
+def wrangler(*args: str, config: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [*WRANGLER, *args, "-c", str(config), "--persist-to", str(STATE)]
+    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+COUNTS_SQL = "SELECT " + ", ".join(f'(SELECT count(*) FROM "{t}") AS "{t}"' for t in TABLES)
+
+
+def d1_counts(database: str, config: Path) -> dict:
+    """Row counts through `wrangler d1 execute`, as an operator would check a restore."""
+    try:
+        out = wrangler("d1", "execute", database, "--local", "--json", "--command", COUNTS_SQL, config=config)
+        return json.loads(out.stdout)[0]["results"][0]
+    except Exception as e:  # noqa: BLE001 - a failed restore has no tables
+        return {"error": str(e)[-500:]}
+
+
+def d1_files() -> set[Path]:
+    return {p for p in D1_FILES.glob("*.sqlite") if p.name != "metadata.sqlite"}
+
+
+def fingerprint(path: Path | None) -> dict:
+    """Row counts, the schema objects, and per table a SHA3 of every value (with its storage
+    class and exact bytes; sqlite3's sha3_query) in id order: equal fingerprints, equal data."""
+    if path is None or not path.exists():
+        return {"error": f"no database file {path}"}
+    sql = (COUNTS_SQL + ", " + ", ".join(f"hex(sha3_query('SELECT * FROM \"{t}\" ORDER BY id'))" for t in TABLES)
+           + ";\nSELECT type || ' ' || name FROM sqlite_schema WHERE tbl_name IN "
+           + "(" + ", ".join(f"'{t}'" for t in TABLES) + ") ORDER BY 1;")
+    r = subprocess.run(["sqlite3", "-readonly", "-bail", str(path)], input=sql, capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode != 0:
+        return {"error": (r.stderr or r.stdout)[-500:]}
+    first, *objects = r.stdout.strip().split("\n")
+    values = first.split("|")
+    n = len(TABLES)
+    return {"counts": dict(zip(TABLES, map(int, values[:n]))), "sha3": dict(zip(TABLES, values[n:])),
+            "objects": objects}
+
+
+# -- the bench database ------------------------------------------------------------------------
+
+def create_and_fill(config: Path, rows: int) -> tuple[Path, float]:
+    """Creates the bench database's tables with wrangler (which creates the local D1 file), then
+    fills that file with the sqlite3 CLI while nothing else has it open."""
+    before = d1_files()
+    wrangler("d1", "execute", DB_NAME, "--local", "--command", SCHEMA, config=config)
+    new = d1_files() - before
+    assert len(new) == 1, f"expected one new local D1 file, found {new}"
+    (source,) = new
+    users = max(1, rows // 10)
+    start = time.monotonic()
+    r = subprocess.run(["sqlite3", str(source)], input=FILL.format(users=users, events=rows - users),
+                       capture_output=True, text=True, timeout=1800)
+    seconds = time.monotonic() - start
+    if r.returncode != 0 or r.stdout.strip() or r.stderr.strip():
+        raise RuntimeError(f"filling {source} failed (exit {r.returncode}):\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+    return source, seconds
+
+
+# -- our export --------------------------------------------------------------------------------
+
+def parse_ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def our_export(stack: Stack) -> dict:
+    """POST /trigger for the bench database, then GET /jobs/:id every 100 ms until the job is
+    final, sampling the RSS of the stack's workerd processes all along."""
+    pgid = stack.process.pid
+    # Start: the idle stack, over two seconds, just before the trigger.
+    idle = RssSampler(pgid, comm="workerd")
+    with idle:
+        time.sleep(2)
+    log(f"workerd processes in the wrangler dev group: {sorted(idle.processes)}, "
+        f"{idle.peak_kib / 1024:.0f} MiB idle")
+    sampler = RssSampler(pgid, comm="workerd")
+    polls = []
+    load = loadavg()
+    group = [p for p, _ in group_members(pgid)]  # wrangler (node) and workerd: the whole stack
+    cpu0 = cpu_seconds(group)
+    with sampler:
+        start = time.monotonic()
+        r = stack.admin("POST", "/trigger", {"databases": [DB_NAME], "reason": "bench"})
+        assert r.status == 202, (r.status, r.body)
+        job_id = r.json()["jobId"]
+        job = None
+        while time.monotonic() - start < EXPORT_TIMEOUT:
+            try:
+                job = stack.admin("GET", f"/jobs/{job_id}").json()
+            except OSError as e:  # a busy stack may answer slowly; keep polling
+                polls.append(str(e))
+                time.sleep(0.2)
+                continue
+            if job["status"] in ("completed", "partial", "failed"):
+                break
+            time.sleep(0.1)
+        seconds = time.monotonic() - start
+    cpu = cpu_seconds(group) - cpu0
+    # A few seconds later: does the memory go back down?
+    time.sleep(5)
+    after = RssSampler(pgid, comm="workerd")
+    after.sample()
+    run = ((job or {}).get("runs") or [{}])[0]
+    result = {
+        "job_id": job_id,
+        "status": (job or {}).get("status"),
+        "wall_seconds": seconds,
+        "timed_out": seconds >= EXPORT_TIMEOUT,
+        "run": run,
+        "workerd_pids": [list(p) for p in sorted(sampler.processes | idle.processes)],
+        "start_rss_mib": idle.peak_kib / 1024,
+        "peak_rss_mib": sampler.peak_kib / 1024,
+        "end_rss_mib": sampler.last_kib / 1024,
+        "after_5s_rss_mib": after.last_kib / 1024,
+        "rss_samples": sampler.samples,
+        "peak_rss_by_pid_mib": {p: k / 1024 for p, k in sampler.peak_by_pid.items()},
+        "cpu_seconds": cpu,
+        "loadavg_before": load,
+        "poll_errors": polls[:5],
+    }
+    started, finished = parse_ts(run.get("startedAt")), parse_ts(run.get("finishedAt"))
+    if started and finished:
+        result["run_seconds"] = (finished - started).total_seconds()
+    queued = parse_ts(run.get("queuedAt"))
+    if queued and started:
+        result["queue_delay_seconds"] = (started - queued).total_seconds()
+    return result
+
+
+def dev_log_errors(path: Path) -> str:
+    """The lines of the wrangler dev log that look like errors (last 40)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    hits = [line for line in lines if re.search(r"error|panic|exceeded|abort|fail|✘|retry", line, re.I)]
+    return "\n".join(hits[-40:])
+
+
+def machine_facts() -> dict:
+    def cmd(*c):
+        try:
+            return subprocess.run(c, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60).stdout.strip()
+        except Exception:  # noqa: BLE001
+            return "?"
+    cpu = "?"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = next((int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal")), 0)
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(mem / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "node": cmd("node", "--version"),
+        "wrangler": (cmd(*WRANGLER, "--version").splitlines() or ["?"])[-1].strip(" ⛅️"),
+        "sqlite3": cmd("sqlite3", "--version").split(" ")[0],
+        "commit": cmd("git", "rev-parse", "--short", "HEAD") + (" (dirty)" if cmd("git", "status", "--porcelain") else ""),
+    }
+
+
+# -- report ------------------------------------------------------------------------------------
+
+def fmt(v, spec=".1f", unit=""):
+    return "n/a" if v is None else f"{v:{spec}}{unit}"
+
+
+def report(res: dict) -> str:
+    rows, f, o = res["rows"], res["facts"], res["ours"]
+    run = o.get("run") or {}
+    lines = [
+        f"# d1-backup bench: {rows:,} rows",
+        "",
+        f"{f['date']} · {f['nproc']} cores ({f['cpu']}) · {f['memory_gib']} GiB · Linux {f['kernel']} · "
+        f"node {f['node']} · wrangler {f['wrangler']} · sqlite3 {f['sqlite3']} · commit {f['commit']}",
+        "",
+        f"Database `{DB_NAME}`: {', '.join(f'{t} {n:,} rows' for t, n in res['source']['counts'].items())} "
+        f"(INTEGER, TEXT, REAL, BLOB and NULL columns, a UNIQUE and a two-column index), generated by sqlite3 in "
+        f"{res['fill_seconds']:.1f} s; local D1 file {res['source_file_bytes'] / 1e6:.1f} MB. "
+        f"Our consumer's budget: consumer/wrangler.toml's defaults, "
+        + ", ".join(f"{k} {v}" for k, v in res["budget"].items()) + ".",
+        "",
+        "## Export",
+        "",
+        "| method | wall time | CPU time | rows/s | dump size | MB/s | memory (RSS) | notes |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for e in res["exports"]:
+        lines.append(f"| {e['method']} | {fmt(e.get('seconds'), '.1f', ' s')} | {fmt(e.get('cpu_seconds'), '.1f', ' s')} | "
+                     f"{fmt(e.get('rows_per_s'), ',.0f')} | "
+                     f"{fmt(e.get('bytes') and e['bytes'] / 1e6, '.1f', ' MB')} | {fmt(e.get('mb_per_s'), '.2f')} | "
+                     f"{e.get('memory', 'n/a')} | {e.get('notes', '')} |")
+    lines += [
+        "",
+        "## Restore into a fresh, empty database",
+        "",
+        "| dump | restored with | wall time | CPU time | peak RSS | row counts | data identical to the source |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    for r in res["restores"]:
+        t = r.get("timing") or {}
+        exit_note = f" (exit {t['exit']})" if t.get("exit") else ""
+        lines.append(f"| {r['dump']} | {r['tool']} | {fmt(t.get('seconds'), '.1f', ' s')}{exit_note} | "
+                     f"{fmt(t.get('cpu_seconds'), '.1f', ' s')} | {fmt(t.get('peak_rss_mib'), ',.0f', ' MiB')} | "
+                     f"{r['counts_ok']} | {r['identical']} |")
+    history = run.get("history") or []
+    lines += [
+        "",
+        "## Our export in detail",
+        "",
+        f"- job `{o['job_id']}`: status **{o['status']}**, run state `{run.get('state')}`, "
+        f"{run.get('step')} step(s) (queue messages), {len(history)} delivery(ies), "
+        f"outcomes {[h.get('outcome') for h in history]}",
+        f"- trigger to job final (polled every 100 ms): {o['wall_seconds']:.1f} s; the run's own "
+        f"startedAt → finishedAt: {fmt(o.get('run_seconds'), '.1f', ' s')}; queued → started: "
+        f"{fmt(o.get('queue_delay_seconds'), '.1f', ' s')}",
+        "- steps: " + "; ".join(f"step {h.get('step')} attempt {h.get('attempt')} {h.get('outcome')} "
+                                f"{fmt(step_seconds(h), '.1f', ' s')}" for h in history),
+        f"- run reports {run.get('rows')} rows, {run.get('tables')} tables, {run.get('bytes')} bytes",
+        f"- workerd RSS (summed over {len(o['workerd_pids'])} workerd process(es) of the wrangler dev group, "
+        f"sampled every 100 ms, {o['rss_samples']} samples): idle before {o['start_rss_mib']:.0f} MiB, peak "
+        f"{o['peak_rss_mib']:.0f} MiB (+{o['peak_rss_mib'] - o['start_rss_mib']:.0f}), at the end "
+        f"{o['end_rss_mib']:.0f} MiB, 5 s later {o['after_5s_rss_mib']:.0f} MiB",
+    ]
+    if o.get("dump_check"):
+        lines.append(f"- dump read back from local R2: {o['dump_check']}")
+    if run.get("error") or o["status"] != "completed":
+        lines += ["", "Run error:", "", "```", str(run.get("error")), "```", "",
+                  "wrangler dev log (error lines):", "", "```", res.get("dev_log_errors", ""), "```"]
+    lines += [
+        "",
+        "## Notes",
+        "",
+        "- MB = 10^6 bytes, MiB = 2^20. rows/s and MB/s are over wall time. CPU time is user + system: "
+        "for our export, of the whole wrangler dev process group (node and workerd); otherwise of the command "
+        "and its children. Peak RSS is sampled every 100 ms and summed over the processes counted.",
+        "- Our export's wall time runs from `POST /trigger` to the job's final status, through the local "
+        "queue (its batching delay included); wrangler's and sqlite3's read the same local D1 file with "
+        "nothing else running.",
+        f"- 1-minute load average before each measurement: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in res["loads"].items())
+        + f" (on {f['nproc']} cores). Other work on the machine shows here: the numbers are noisy.",
+    ]
+    lines += [f"- {n}" for n in res.get("notes", [])]
+    if res.get("problems"):
+        lines += ["", "## Problems", ""] + [f"- {p}" for p in res["problems"]]
+    lines += ["", f"Total bench time {res['total_seconds']:.0f} s. Files in `target/bench/`.", ""]
+    return "\n".join(lines)
+
+
+def step_seconds(attempt: dict) -> float | None:
+    s, e = parse_ts(attempt.get("startedAt")), parse_ts(attempt.get("finishedAt"))
+    return (e - s).total_seconds() if s and e else None
+
+
+# -- main --------------------------------------------------------------------------------------
+
+def main() -> int:
+    t_start = time.monotonic()
+    problems: list[str] = []
+    notes: list[str] = []
+    for d in (CONF, DUMPS, SCRATCH):
+        shutil.rmtree(d, ignore_errors=True)
+    DUMPS.mkdir(parents=True)
+    SCRATCH.mkdir(parents=True)
+    db_config = write_db_config()
+    facts = machine_facts()
+    log(f"{ROWS:,} rows; state in {STATE.relative_to(ROOT)}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    atexit.register(kill_live_groups)
+
+    # 1. The bench database, filled before the stack opens it.
+    source, fill_seconds = create_and_fill(db_config, ROWS)
+    source_fp = fingerprint(source)
+    expected = source_fp.get("counts")
+    log(f"filled {source.name} in {fill_seconds:.1f} s: {expected}")
+    assert expected and sum(expected.values()) == ROWS, source_fp
+
+    # 2. Our export through the running stack: the consumer keeps its production budget.
+    stack = Stack(STATE, port=bench_port(), extra_databases=1, environment="production")
+    atexit.register(stack.stop)
+    log(f"starting the stack on port {stack.port}")
+    stack.start(timeout=180)
+    consumer_copy = next(p for p in stack.generated_configs if p.parent.name == "consumer")
+    d1 = {d["binding"]: d for d in tomllib.loads(consumer_copy.read_text())["d1_databases"]}
+    assert (d1[DB_BINDING]["database_name"], d1[DB_BINDING]["database_id"]) == (DB_NAME, DB_ID), d1[DB_BINDING]
+    seen = d1_counts(DB_NAME, db_config)
+    if seen != expected:
+        problems.append(f"wrangler d1 execute beside the running stack sees {seen}, expected {expected}")
+    log("our export: POST /trigger")
+    ours = our_export(stack)
+    run = ours["run"]
+    log(f"job {ours['status']} after {ours['wall_seconds']:.1f} s; run {run.get('state')}, "
+        f"workerd {ours['start_rss_mib']:.0f} -> peak {ours['peak_rss_mib']:.0f} MiB")
+    our_dump = DUMPS / "ours.sql"
+    memory = f"workerd {ours['start_rss_mib']:.0f} → {ours['peak_rss_mib']:.0f} MiB (start → peak)"
+    entry = {"method": "ours (stack: `POST /trigger` → job succeeded)", "seconds": ours["wall_seconds"],
+             "cpu_seconds": ours["cpu_seconds"], "memory": memory}
+    if ours["status"] == "completed":
+        body = stack.r2_get(run["r2Key"], our_dump)
+        footer = body.rstrip(b"\n").rsplit(b"\n", 1)[-1].decode(errors="replace")
+        sha_ok = hashlib.sha256(body).hexdigest() == run.get("sha256")
+        ours["dump_check"] = (f"{len(body):,} bytes (run says {run.get('bytes'):,}), sha256 "
+                              f"{'matches' if sha_ok else 'DIFFERS'}, last line `{footer}`")
+        if len(body) != run.get("bytes") or not sha_ok or not footer.startswith("-- Dump complete:"):
+            problems.append(f"our dump read back from R2 does not match its run: {ours['dump_check']}")
+        if run.get("rows") != ROWS:
+            problems.append(f"our run reports {run.get('rows')} rows, expected {ROWS}")
+        entry.update(bytes=len(body), rows_per_s=ROWS / ours["wall_seconds"],
+                     mb_per_s=len(body) / 1e6 / ours["wall_seconds"],
+                     notes=f"{run.get('step')} step(s); the run alone (startedAt → finishedAt) "
+                           f"{fmt(ours.get('run_seconds'), '.1f', ' s')}")
+    else:
+        entry["notes"] = (f"**{ours['status'] or 'no answer'}**{' (timed out)' if ours['timed_out'] else ''}: "
+                          f"{str(run.get('error'))[:200]}")
+        problems.append(f"our export did not complete: status {ours['status']}, run {run.get('state')}, "
+                        f"error {run.get('error')!r}")
+    exports = [entry]
+    dev_errors = dev_log_errors(stack.log_path)
+    stack.stop()
+    shutil.copy(stack.log_path, OUT / "wrangler-dev.log")
+
+    # 3. `wrangler d1 export --local` of the same database, with nothing else running.
+    log("wrangler d1 export --local")
+    wr_dump = DUMPS / "wrangler-export.sql"
+    w = timed([*WRANGLER, "d1", "export", DB_NAME, "--local", "--output", str(wr_dump), "-c", str(db_config)],
+              DUMPS / "wrangler-export.log", timeout=EXPORT_TIMEOUT)
+    size = wr_dump.stat().st_size if wr_dump.exists() else None
+    wr_ok = w["exit"] == 0 and bool(size)
+    exports.append({"method": "`wrangler d1 export --local`", "seconds": w["seconds"], "bytes": size,
+                    "cpu_seconds": w["cpu_seconds"], "rows_per_s": ROWS / w["seconds"] if wr_ok else None,
+                    "mb_per_s": size / 1e6 / w["seconds"] if wr_ok else None,
+                    "memory": f"{w['peak_rss_mib']:,.0f} MiB peak (node + workerd)",
+                    "notes": "" if wr_ok else f"**failed** (exit {w['exit']}{', timed out' if w['timed_out'] else ''})",
+                    "raw": w})
+    if not wr_ok:
+        problems.append(f"wrangler d1 export failed (exit {w['exit']}): {w['stderr_tail'][-1500:]}")
+
+    # 4. sqlite3 .dump of the local D1 file.
+    log("sqlite3 .dump")
+    sh_dump = DUMPS / "sqlite3-dump.sql"
+    s = timed(["sqlite3", "-readonly", str(source), ".dump"], sh_dump, timeout=EXPORT_TIMEOUT)
+    size = sh_dump.stat().st_size
+    exports.append({"method": "`sqlite3 <D1 file> .dump`", "seconds": s["seconds"], "bytes": size,
+                    "cpu_seconds": s["cpu_seconds"], "rows_per_s": ROWS / s["seconds"],
+                    "mb_per_s": size / 1e6 / s["seconds"], "memory": f"{s['peak_rss_mib']:,.0f} MiB peak", "raw": s,
+                    "notes": "reference; also dumps D1's `_cf_KV`, and its BEGIN/COMMIT make it unfit for D1"
+                    if s["exit"] == 0 else f"**failed** (exit {s['exit']})"})
+    if s["exit"] != 0:
+        problems.append(f"sqlite3 .dump failed (exit {s['exit']}): {s['stderr_tail'][-1500:]}")
+
+    # 5. Restores into fresh, empty databases; every one checked against the source.
+    restores = []
+    for label, dump, tool in (("ours", our_dump, "d1"), ("wrangler d1 export", wr_dump, "d1"),
+                              ("ours", our_dump, "sqlite3"), ("sqlite3 .dump", sh_dump, "sqlite3")):
+        slug = re.sub(r"[^a-z0-9]+", "-", f"{label} {tool}".lower()).strip("-")
+        r = {"dump": label, "tool": "`wrangler d1 execute --local --file`" if tool == "d1" else "`sqlite3 new.db < dump`"}
+        restores.append(r)
+        if not dump.exists() or dump.stat().st_size == 0:
+            r["counts_ok"] = r["identical"] = "no dump"
+            problems.append(f"restore of {label} with {tool}: no dump to restore")
+            continue
+        log(f"restore {label} with {tool}")
+        if tool == "d1":
+            name = f"restore-{slug}"
+            config = scratch_d1_config(SCRATCH, name)
+            before = d1_files()
+            r["timing"] = timed([*WRANGLER, "d1", "execute", name, "--local", "--file", str(dump), "--yes",
+                                 "-c", str(config), "--persist-to", str(STATE)],
+                                SCRATCH / f"{slug}.log", timeout=RESTORE_TIMEOUT)
+            counts = d1_counts(name, config)
+            new = d1_files() - before
+            fp = fingerprint(next(iter(new)) if len(new) == 1 else None)
+        else:
+            db_file = SCRATCH / f"{slug}.db"
+            db_file.unlink(missing_ok=True)
+            r["timing"] = timed(["sqlite3", "-bail", str(db_file)], SCRATCH / f"{slug}.log", RESTORE_TIMEOUT,
+                                stdin=dump)
+            fp = fingerprint(db_file)
+            counts = fp.get("counts", fp)
+        r["counts"], r["fingerprint"] = counts, fp
+        r["counts_ok"] = "ok" if counts == expected else f"**wrong**: {counts}"
+        same_rows = fp.get("sha3") == source_fp["sha3"]
+        same_objects = fp.get("objects") == source_fp["objects"]
+        r["identical"] = ("yes" if same_rows and same_objects else
+                          "**no**: " + ", ".join(x for x, bad in (("rows differ", not same_rows),
+                                                                  (f"schema objects {fp.get('objects')}", not same_objects))
+                                                 if bad))
+        if r["timing"]["exit"] != 0 or counts != expected:
+            problems.append(f"restore of {label} with {tool}: exit {r['timing']['exit']}, counts {counts}, "
+                            f"expected {expected}; {r['timing']['stderr_tail'][-800:]}")
+        elif not (same_rows and same_objects) and label == "ours":
+            problems.append(f"restore of our dump with {tool} is not identical to the source: {fp}")
+        elif not (same_rows and same_objects):
+            notes.append(f"the restore of the {label} with {tool} has every row but is not identical to the source "
+                         f"({r['identical'].removeprefix('**no**: ')})")
+
+    results = {
+        "rows": ROWS, "facts": facts, "budget": budget(), "source": source_fp, "source_file": str(source),
+        "source_file_bytes": source.stat().st_size, "fill_seconds": fill_seconds, "ours": ours,
+        "exports": exports, "restores": restores, "problems": problems, "notes": notes,
+        "dev_log_errors": dev_errors if ours["status"] != "completed" else "",
+        "total_seconds": time.monotonic() - t_start,
+        "loads": {"our export": ours["loadavg_before"], "wrangler d1 export": w["loadavg_before"],
+                  "sqlite3 .dump": s["loadavg_before"],
+                  **{f"restore {r['dump']} ({r['tool'].split()[0].strip('`')})": r["timing"]["loadavg_before"]
+                     for r in restores if r.get("timing")}},
+    }
+    md = report(results)
+    (OUT / "results.md").write_text(md)
+    (OUT / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    print(md)
+    log(f"wrote {(OUT / 'results.md').relative_to(ROOT)} and results.json")
+    if problems:
+        log(f"{len(problems)} problem(s): see the end of results.md")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
