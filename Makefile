@@ -44,9 +44,11 @@ e2e: build .venv/.installed
 	.venv/bin/python -m pytest tests/e2e
 
 # Not part of `make test`: our export of a generated database of BENCH_ROWS rows (default 500000)
-# beside `wrangler d1 export` and `sqlite3 .dump`, and restores of the dumps; see bench/run.py.
+# beside `wrangler d1 export` and `sqlite3 .dump`, and restores of the dumps (bench/run.py); the
+# archiver's weekly tar.gz beside `tar czf` on the same dailies (bench/archive.py).
 bench: build .venv/.installed
 	.venv/bin/python bench/run.py
+	.venv/bin/python bench/archive.py
 
 setup: tools node_modules/.installed .venv/.installed
 

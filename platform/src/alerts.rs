@@ -13,6 +13,8 @@ use worker::{console_error, console_log, D1Database, Env, Fetch, Headers, Method
 pub const MAX_DELIVERY_ATTEMPTS: u32 = 5;
 /// Alerts delivered per invocation, oldest first.
 const DELIVERIES_PER_INVOCATION: u32 = 20;
+/// How long a delivering invocation holds an alert (three tries take under 40 s).
+const CLAIM_SECONDS: i64 = 60;
 /// The name webhooks show as the sender.
 const SOURCE: &str = "d1-backup";
 
@@ -133,6 +135,18 @@ pub async fn deliver_pending(env: &Env, db: &D1Database, now: DateTime<Utc>) -> 
             details: row.details.and_then(|d| serde_json::from_str(&d).ok()).unwrap_or(serde_json::Value::Null),
             subject: row.subject,
         };
+        // Claim it first: another invocation delivering at the same time skips it.
+        let claimed = statement(
+            db,
+            "UPDATE alerts SET claimed_until = ?2 WHERE id = ?1 AND sent_at IS NULL \
+               AND (claimed_until IS NULL OR claimed_until < ?3)",
+            &[number(row.id), text(&timestamp(now + chrono::Duration::seconds(CLAIM_SECONDS))), text(&timestamp(now))],
+        )?
+        .run()
+        .await?;
+        if claimed.meta()?.and_then(|m| m.changes).unwrap_or(0) != 1 {
+            continue;
+        }
         let at = DateTime::parse_from_rfc3339(&row.created_at).map(|t| t.with_timezone(&Utc)).unwrap_or(now);
         let mut failures = Vec::new();
         for (i, hook) in webhooks.iter().enumerate() {
@@ -141,7 +155,7 @@ pub async fn deliver_pending(env: &Env, db: &D1Database, now: DateTime<Utc>) -> 
             }
         }
         if failures.is_empty() {
-            statement(db, "UPDATE alerts SET sent_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
+            statement(db, "UPDATE alerts SET sent_at = ?2, attempts = attempts + 1, last_error = NULL, claimed_until = NULL WHERE id = ?1",
                       &[number(row.id), text(&timestamp(now))])?
                 .run()
                 .await?;
@@ -149,7 +163,7 @@ pub async fn deliver_pending(env: &Env, db: &D1Database, now: DateTime<Utc>) -> 
         } else {
             let error = failures.join("; ");
             console_error!("alert {} ({}) not delivered: {error}", row.id, alert.kind);
-            statement(db, "UPDATE alerts SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+            statement(db, "UPDATE alerts SET attempts = attempts + 1, last_error = ?2, claimed_until = NULL WHERE id = ?1",
                       &[number(row.id), text(&error)])?
                 .run()
                 .await?;

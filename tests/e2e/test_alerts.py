@@ -154,3 +154,19 @@ def test_no_webhook_url_appears_in_responses_or_alert_rows(alerting):
     # log line, ours included, must not carry the URL.
     logged = [l for l in stack.log_path.read_text(errors="replace").splitlines() if "WEBHOOK_URL" not in l]
     assert not [l for l in logged if secret_part in l]
+
+
+def test_every_alert_reaches_every_webhook_in_its_format(alerting):
+    stack, receiver = alerting
+    # An unreadable queue message is an alert too.
+    trigger(stack, {"databases": ["demo"], "rawMessages": [{"v": 99, "garbage": True}]})
+    receiver.wait_for(lambda: "message_rejected" in kinds(receiver, "/json"))
+    time.sleep(2)
+    generic = sorted(b["kind"] for b in receiver.of("/json"))
+    discord = sorted(b["embeds"][0]["footer"]["text"].split(" · ")[1] for b in receiver.of("/discord"))
+    slack = sorted(b["blocks"][2]["elements"][0]["text"].split(" · ")[1].strip("*") for b in receiver.of("/slack"))
+    assert generic == discord == slack, (generic, discord, slack)
+    assert {"job_succeeded", "run_dead", "job_failed", "backup_stale", "backup_shrank", "schema_changed",
+            "message_rejected"} <= set(generic)
+    unsent = stack.d1_query(META, "SELECT kind, attempts, last_error FROM alerts WHERE sent_at IS NULL")
+    assert unsent == [], unsent
