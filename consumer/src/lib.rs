@@ -288,7 +288,12 @@ async fn run_step(
                 console_log!("{label}: another delivery recorded this step first");
             }
             delete_staging(&mut store.inner, superseded.as_deref()).await;
-            console_log!("{label}: paused after {} parts; continuing in step {}", next.upload.parts.len(), next.step);
+            console_log!(
+                "{label}: paused after {} parts; continuing in step {}; wasm memory {} MiB",
+                next.upload.parts.len(),
+                next.step,
+                wasm_memory_mib()
+            );
         }
         BackupProgress::Complete { summary, superseded } => {
             let key = BackupKey::parse(&summary.key).ok_or_else(|| format!("unexpected key {}", summary.key))?;
@@ -298,12 +303,13 @@ async fn run_step(
             delete_staging(&mut store.inner, superseded.as_deref()).await;
             raise_job_alerts(env, &meta_db, &msg.job_id.to_string()).await;
             console_log!(
-                "{label}: {} bytes, {} rows in {} tables in {} steps -> {}",
+                "{label}: {} bytes, {} rows in {} tables in {} steps -> {}; wasm memory {} MiB",
                 summary.bytes,
                 summary.rows,
                 summary.tables.len(),
                 summary.steps,
-                summary.key
+                summary.key,
+                wasm_memory_mib()
             );
         }
     }
@@ -342,6 +348,12 @@ async fn delete_staging(store: &mut R2Store, key: Option<&str>) {
             console_error!("could not delete staging object {key}: {e}");
         }
     }
+}
+
+/// The Worker's WebAssembly memory: it only grows, so this is the peak so far. Logged after
+/// every step to show that memory stays flat whatever the database's size.
+fn wasm_memory_mib() -> usize {
+    core::arch::wasm32::memory_size(0) * 65_536 / (1024 * 1024)
 }
 
 /// Raises the job's outcome alert once its last run is final, and delivers pending alerts.

@@ -134,7 +134,7 @@ pub struct ExportLimits {
 
 impl ExportLimits {
     pub const DEFAULT: ExportLimits =
-        ExportLimits { max_queries: 900, max_megabytes: 1024, max_seconds: 60, rows_per_query: 500 };
+        ExportLimits { max_queries: 900, max_megabytes: 1024, max_seconds: 60, rows_per_query: 5000 };
     /// Queries the consumer keeps for itself in every invocation: reading the run, recording
     /// its start, saving the checkpoint or the result, with room for a retry's bookkeeping.
     pub const BOOKKEEPING_QUERIES: u32 = 8;

@@ -19,7 +19,7 @@ READ_TOKEN = "e2e-read-token"
 # Retries in tests: 1 s, then 2 s (the defaults are 30 s doubling up to 15 minutes).
 FAST_RETRIES = {"RETRY_BASE_SECONDS": "1", "RETRY_MAX_SECONDS": "2"}
 # The session stack's consumer budget per invocation (the smallest query budget allowed is 10).
-SMALL_BUDGET = {"EXPORT_MAX_QUERIES": "14", "EXPORT_MAX_MB": "1", **FAST_RETRIES}
+SMALL_BUDGET = {"EXPORT_MAX_QUERIES": "14", "EXPORT_MAX_MB": "1", "EXPORT_ROWS_PER_QUERY": "500", **FAST_RETRIES}
 # A budget big enough to export any test database in one invocation.
 ROOMY_BUDGET = {"EXPORT_MAX_QUERIES": "100000", **FAST_RETRIES}
 
