@@ -13,18 +13,7 @@ use shared::ports::{PortError, SqlSource};
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::Read;
-use support::{assert_same_data, MemoryStore, RusqliteSource};
-
-fn chinook() -> Connection {
-    let sql = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/chinook/Chinook_Sqlite.sql"
-    ))
-    .expect("the Chinook fixture beside the project");
-    let conn = Connection::open_in_memory().unwrap();
-    conn.execute_batch(&sql).unwrap();
-    conn
-}
+use support::{assert_same_data, chinook, MemoryStore, RusqliteSource};
 
 fn target(gzip: bool, part_size: usize) -> BackupTarget {
     BackupTarget {

@@ -6,18 +6,7 @@ use chrono::{TimeZone, Utc};
 use futures::executor::block_on;
 use rusqlite::Connection;
 use shared::dump::{export, DumpOptions, COMPLETE_MARKER};
-use support::{assert_same_data, RusqliteSource};
-
-fn chinook() -> Connection {
-    let sql = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/chinook/Chinook_Sqlite.sql"
-    ))
-    .expect("the Chinook fixture beside the project");
-    let conn = Connection::open_in_memory().unwrap();
-    conn.execute_batch(&sql).unwrap();
-    conn
-}
+use support::{assert_same_data, chinook, RusqliteSource};
 
 fn dump(conn: &Connection, opts: &DumpOptions) -> (String, shared::dump::ExportTotals) {
     let mut out = Vec::new();

@@ -101,6 +101,18 @@ pub fn assert_same_data(source: &Connection, restored: &Connection) {
     }
 }
 
+/// The Chinook sample database (../shared/fixtures, MIT licensed), loaded into memory.
+pub fn chinook() -> Connection {
+    let sql = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/fixtures/chinook/Chinook_Sqlite.sql"
+    ))
+    .expect("the Chinook fixture beside the project");
+    let conn = Connection::open_in_memory().unwrap();
+    conn.execute_batch(&sql).unwrap();
+    conn
+}
+
 /// An object store in memory that keeps R2's rules: parts of one upload are all the same size
 /// but the last, an object appears only on completion, and a completed or aborted upload is
 /// gone. It can be told to fail one chosen call, to test that a step retried from its
