@@ -139,7 +139,7 @@ async fn run_step(env: &Env, db: &D1Database, msg: &ArchiveMessage, job: &Archiv
             .map_err(|e| Error::RustError(format!("the job's checkpoint is unreadable: {e}")))?,
         None => {
             // The first step decides what the archive holds.
-            if archives::archive_exists(db, week).await? {
+            if archives::live_archive(db, week).await?.is_some() {
                 // Idempotent: the week has its verified archive; rebuilding it could drop
                 // dailies that retention has since deleted.
                 archives::finish_archive_job_without_archive(db, &msg.job_id, "already_archived", now()).await?;

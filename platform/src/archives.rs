@@ -312,22 +312,6 @@ pub async fn live_archive(db: &D1Database, week: IsoWeek) -> Result<Option<Strin
     Ok(row.map(|r| r.sha256))
 }
 
-/// Whether `week` has a live, verified archive.
-pub async fn archive_exists(db: &D1Database, week: IsoWeek) -> Result<bool> {
-    #[derive(Deserialize)]
-    struct Row {
-        n: u32,
-    }
-    let row: Option<Row> = statement(
-        db,
-        "SELECT count(*) AS n FROM archives WHERE key = ?1 AND deleted_at IS NULL",
-        &[text(&week.archive_key())],
-    )?
-    .first(None)
-    .await?;
-    Ok(row.is_some_and(|r| r.n > 0))
-}
-
 /// The week's live dailies as archive members, sorted by path.
 pub async fn week_dailies(db: &D1Database, week: IsoWeek) -> Result<Vec<ArchiveMember>> {
     #[derive(Deserialize)]
