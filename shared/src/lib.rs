@@ -17,6 +17,7 @@ pub mod listing;
 pub mod message;
 pub mod metrics;
 pub mod ports;
+pub mod restore;
 pub mod retention;
 pub mod state;
 pub mod sha256;

@@ -7,13 +7,11 @@ use chrono::{TimeZone, Utc};
 use futures::executor::block_on;
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
-use shared::backup::{backup_step, discard, BackupCheckpoint, BackupProgress, BackupSummary, BackupTarget};
+use shared::backup::{backup_step, discard, BackupCheckpoint, BackupProgress, BackupTarget};
 use shared::dump::{export, DumpOptions, StepBudget};
-use shared::ports::{PortError, SqlSource};
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::Read;
-use support::{assert_same_data, chinook, MemoryStore, RusqliteSource};
+use support::{assert_same_data, chinook, run_to_completion, MemoryStore, RusqliteSource};
 
 fn target(gzip: bool, part_size: usize) -> BackupTarget {
     BackupTarget {
@@ -35,59 +33,6 @@ fn one_shot_sql(conn: &Connection) -> Vec<u8> {
     opts.rows_per_query = t.rows_per_query;
     block_on(export(&mut RusqliteSource::new(conn), &mut out, &opts)).unwrap();
     out
-}
-
-/// Counts the queries each step makes.
-struct CountingSource<'a> {
-    inner: RusqliteSource<'a>,
-    queries: u32,
-}
-
-impl SqlSource for CountingSource<'_> {
-    async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PortError> {
-        self.queries += 1;
-        self.inner.query(sql).await
-    }
-}
-
-struct Run {
-    summary: BackupSummary,
-    steps: u32,
-    most_queries_in_a_step: u32,
-}
-
-/// Runs steps until the backup completes, carrying the checkpoint through JSON (as the
-/// consumer carries it through the metadata database) and deleting superseded tails.
-fn run_to_completion(conn: &Connection, store: &mut MemoryStore, target: &BackupTarget, budget: StepBudget) -> Run {
-    let clock = Cell::new(0i64);
-    // Every reading of the clock moves it on by 10 ms.
-    let tick = || {
-        clock.set(clock.get() + 10);
-        clock.get()
-    };
-    let mut checkpoint: Option<BackupCheckpoint> = None;
-    let (mut steps, mut most_queries) = (0, 0);
-    loop {
-        let mut source = CountingSource { inner: RusqliteSource::new(conn), queries: 0 };
-        let progress = block_on(backup_step(&mut source, store, &tick, target, budget, checkpoint.as_ref())).unwrap();
-        steps += 1;
-        most_queries = most_queries.max(source.queries);
-        match progress {
-            BackupProgress::Paused { checkpoint: next, superseded } => {
-                let saved = serde_json::to_string(&next).unwrap();
-                checkpoint = Some(serde_json::from_str(&saved).unwrap());
-                if let Some(key) = superseded {
-                    store.objects.remove(&key);
-                }
-            }
-            BackupProgress::Complete { summary, superseded } => {
-                if let Some(key) = superseded {
-                    store.objects.remove(&key);
-                }
-                return Run { summary, steps, most_queries_in_a_step: most_queries };
-            }
-        }
-    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -6,7 +6,7 @@ use chrono::{TimeZone, Utc};
 use futures::executor::block_on;
 use rusqlite::Connection;
 use shared::dump::{export, DumpOptions, COMPLETE_MARKER};
-use support::{assert_same_data, chinook, RusqliteSource};
+use support::{assert_same_data, chinook, hostile_values, RusqliteSource};
 
 fn dump(conn: &Connection, opts: &DumpOptions) -> (String, shared::dump::ExportTotals) {
     let mut out = Vec::new();
@@ -96,44 +96,6 @@ fn without_rowid_tables_page_by_primary_key() {
     let summary = block_on(export(&mut src, &mut out, &opts)).unwrap();
     assert_eq!(summary.rows, 1000);
     assert_same_data(&source, &restore(std::str::from_utf8(&out).unwrap()));
-}
-
-/// Values that lose something on the way through `quote()`, JavaScript numbers or the sqlite3
-/// shell, in a column without affinity so each keeps its own storage class.
-fn hostile_values() -> Connection {
-    use rusqlite::types::Value;
-    let conn = Connection::open_in_memory().unwrap();
-    conn.execute_batch("CREATE TABLE v (id INTEGER PRIMARY KEY, x)").unwrap();
-    let values: Vec<Value> = vec![
-        Value::Integer(i64::MAX),
-        Value::Integer(i64::MIN),
-        Value::Integer((1 << 53) + 1),
-        Value::Real(-0.0), // quote() writes 0.0; kept only in a column without affinity
-        Value::Real(0.0),
-        Value::Real(f64::from_bits(1)), // smallest denormal
-        Value::Real(f64::MIN_POSITIVE),
-        Value::Real(f64::INFINITY),
-        Value::Real(f64::NEG_INFINITY),
-        Value::Real(0.1),
-        Value::Real(1.0 / 3.0),
-        Value::Real(f64::MAX),
-        Value::Real(-1.5e-300),
-        Value::Real(1e16),
-        Value::Text(String::new()),
-        Value::Text("a\0b".into()),
-        Value::Text("\0".into()),
-        Value::Text("line\r\nbreak\rcr\nlf".into()),
-        Value::Text("tab\there\u{7f}\u{1b}[0m".into()),
-        Value::Text("it's \"quoted\" ✓ 𝄞".into()),
-        Value::Text("123".into()),
-        Value::Blob(Vec::new()),
-        Value::Blob(vec![0, 1, 255, b'\'', b'\r']),
-        Value::Null,
-    ];
-    for (i, v) in values.into_iter().enumerate() {
-        conn.execute("INSERT INTO v (id, x) VALUES (?1, ?2)", rusqlite::params![i as i64 - 5, v]).unwrap();
-    }
-    conn
 }
 
 /// Each value's storage class and exact bits, read back through rusqlite.

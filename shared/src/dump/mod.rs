@@ -12,11 +12,19 @@
 //!
 //! Rows are read by keyset pagination (rowid, or the primary key of a `WITHOUT ROWID` table),
 //! never `OFFSET`, so every page costs the same however deep into the table it is.
+//!
+//! Row sections come parents first (a table after the tables its foreign keys reference), so a
+//! restore that commits in several transactions, as D1 must, never holds a child row without
+//! its parent at a commit. Each table's rows are hashed as they are written: the digest of a
+//! table is the SHA-256 of its row tuples, each followed by a newline, in key order. The same
+//! tuples come out of any database holding the same values, so exporting a restored copy and
+//! comparing digests proves the copy holds exactly what was exported.
 
 mod oversized;
 pub mod sql;
 
 use crate::ports::{ByteSink, Clock, PortError, SqlSource};
+use crate::sha256::ResumableSha256;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use sql::{
@@ -78,6 +86,10 @@ impl StepBudget {
 pub struct TableCount {
     pub name: String,
     pub rows: u64,
+    /// SHA-256 of the table's row tuples (see the module documentation); empty for dumps made
+    /// before digests existed.
+    #[serde(default)]
+    pub sha256: String,
 }
 
 /// What a finished export wrote.
@@ -133,6 +145,9 @@ pub struct ExportCursor {
     position: Position,
     /// Rows written so far, per table of the plan.
     counts: Vec<u64>,
+    /// The digest of each table's rows so far, per table of the plan.
+    #[serde(default)]
+    digests: Vec<ResumableSha256>,
     /// Length of the INSERT statement left open by the last row written (0: none). The next
     /// row continues it or closes it exactly as an export without the pause would have.
     open_statement_bytes: usize,
@@ -292,7 +307,7 @@ async fn plan_schema<S: SqlSource, C: Clock>(meter: &mut Meter<'_, S, C>) -> Res
              LEFT JOIN pragma_table_xinfo(m.name) AS x \
                ON m.type = 'table' AND t.type IN ('table', 'virtual') \
              WHERE m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND m.name NOT LIKE '\\_cf\\_%' ESCAPE '\\' \
-               AND m.name <> '_d1_backup_staging' AND m.sql IS NOT NULL \
+               AND m.name NOT IN ('_d1_backup_staging', '_d1_backup_restore') AND m.sql IS NOT NULL \
              ORDER BY m.rowid, x.cid",
         )
         .await?;
@@ -366,7 +381,47 @@ async fn plan_schema<S: SqlSource, C: Clock>(meter: &mut Meter<'_, S, C>) -> Res
             _ => plan.after_data.push(create_sql),
         }
     }
+    if !plan.tables.is_empty() {
+        let references = meter
+            .query(
+                "SELECT m.name, f.\"table\" FROM sqlite_master AS m, pragma_foreign_key_list(m.name) AS f \
+                 WHERE m.type = 'table' ORDER BY m.rowid",
+            )
+            .await?;
+        let edges: Vec<(String, String)> = references.iter().map(|r| (text(r, 0), text(r, 1))).collect();
+        plan.tables = parents_first(std::mem::take(&mut plan.tables), &edges);
+    }
     Ok(plan)
+}
+
+/// Orders tables so that each comes after the tables it references (`edges` are
+/// `(child, parent)` pairs), keeping creation order wherever references do not decide. Tables
+/// in a reference cycle keep their creation order; a self-reference is no constraint.
+fn parents_first(tables: Vec<TablePlan>, edges: &[(String, String)]) -> Vec<TablePlan> {
+    // SQLite matches a REFERENCES target case-insensitively (ASCII).
+    let index_of = |name: &str| tables.iter().position(|t| t.name.eq_ignore_ascii_case(name));
+    let mut parents: Vec<Vec<usize>> = vec![Vec::new(); tables.len()];
+    for (child, parent) in edges {
+        if let (Some(c), Some(p)) = (index_of(child), index_of(parent)) {
+            if c != p && !parents[c].contains(&p) {
+                parents[c].push(p);
+            }
+        }
+    }
+    let mut placed = vec![false; tables.len()];
+    let mut order = Vec::with_capacity(tables.len());
+    while order.len() < tables.len() {
+        // The first table in creation order whose parents are all placed; in a cycle, none
+        // is ready and the first unplaced table goes next.
+        let next = (0..tables.len())
+            .find(|&i| !placed[i] && parents[i].iter().all(|&p| placed[p]))
+            .or_else(|| (0..tables.len()).find(|&i| !placed[i]))
+            .expect("an unplaced table remains");
+        placed[next] = true;
+        order.push(next);
+    }
+    let mut slots: Vec<Option<TablePlan>> = tables.into_iter().map(Some).collect();
+    order.into_iter().map(|i| slots[i].take().expect("each table placed once")).collect()
 }
 
 fn plan_table(
@@ -626,7 +681,14 @@ async fn begin<S: SqlSource, C: Clock, W: ByteSink>(
         Position::Rows { table: 0, after: None, page_rows: FIRST_PAGE_ROWS }
     };
     meter.write(sink, &start).await?;
-    Ok(ExportCursor { counts: vec![0; plan.tables.len()], plan, position, open_statement_bytes: 0, uses_staging: false })
+    Ok(ExportCursor {
+        counts: vec![0; plan.tables.len()],
+        digests: vec![ResumableSha256::new(); plan.tables.len()],
+        plan,
+        position,
+        open_statement_bytes: 0,
+        uses_staging: false,
+    })
 }
 
 fn table_marker(table: &TablePlan) -> String {
@@ -648,6 +710,9 @@ async fn export_page<S: SqlSource, C: Clock, W: ByteSink>(
     let table = &cursor.plan.tables[index];
     let key_len = table.key_len();
     let page = read_page(meter, table, after.as_deref(), limit).await?;
+    // A checkpoint saved before digests existed has none: its digests cover no rows and are
+    // not reported (see `finish`).
+    cursor.digests.resize_with(cursor.plan.tables.len(), ResumableSha256::new);
 
     let mut packer = InsertPacker::new(table, cursor.open_statement_bytes, opts.max_statement_bytes);
     let mut chunk = String::new();
@@ -659,6 +724,9 @@ async fn export_page<S: SqlSource, C: Clock, W: ByteSink>(
         let key: Vec<String> = (0..key_len).map(literal).collect();
         let tuple = format!("({})", values.join(","));
         literal_bytes += tuple.len();
+        let digest = &mut cursor.digests[index];
+        digest.update(tuple.as_bytes());
+        digest.update(b"\n");
         if packer.fits_alone(&tuple) {
             packer.push(&tuple, &mut chunk);
         } else {
@@ -744,11 +812,21 @@ async fn finish<S: SqlSource, C: Clock, W: ByteSink>(
         }
     }
 
+    let complete_digests = cursor.digests.len() == plan.tables.len()
+        && cursor.digests.iter().zip(&cursor.counts).all(|(d, rows)| *rows == 0 || !d.is_empty());
     let counts: Vec<TableCount> = plan
         .tables
         .iter()
-        .zip(&cursor.counts)
-        .map(|(t, rows)| TableCount { name: t.name.clone(), rows: *rows })
+        .enumerate()
+        .map(|(i, t)| TableCount {
+            name: t.name.clone(),
+            rows: cursor.counts[i],
+            sha256: if complete_digests {
+                cursor.digests[i].hex_digest()
+            } else {
+                String::new()
+            },
+        })
         .collect();
     let total_rows: u64 = counts.iter().map(|c| c.rows).sum();
     tail.push_str("\n-- Row counts\n");

@@ -5,7 +5,11 @@
 
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
+use futures::executor::block_on;
+use shared::backup::{backup_step, BackupCheckpoint, BackupProgress, BackupSummary, BackupTarget};
+use shared::dump::StepBudget;
 use shared::ports::{ObjectInfo, ObjectStore, PortError, SqlSource, UploadedPart};
+use std::cell::Cell;
 use std::collections::BTreeMap;
 
 pub struct RusqliteSource<'a> {
@@ -222,5 +226,144 @@ impl ObjectStore for MemoryStore {
         self.call("abort_multipart")?;
         self.uploads.remove(upload_id);
         Ok(())
+    }
+}
+
+/// Values that lose something on the way through `quote()`, JavaScript numbers or the sqlite3
+/// shell, in a column without affinity so each keeps its own storage class.
+pub fn hostile_values() -> Connection {
+    use rusqlite::types::Value;
+    let conn = Connection::open_in_memory().unwrap();
+    conn.execute_batch("CREATE TABLE v (id INTEGER PRIMARY KEY, x)").unwrap();
+    let values: Vec<Value> = vec![
+        Value::Integer(i64::MAX),
+        Value::Integer(i64::MIN),
+        Value::Integer((1 << 53) + 1),
+        Value::Real(-0.0), // quote() writes 0.0; kept only in a column without affinity
+        Value::Real(0.0),
+        Value::Real(f64::from_bits(1)), // smallest denormal
+        Value::Real(f64::MIN_POSITIVE),
+        Value::Real(f64::INFINITY),
+        Value::Real(f64::NEG_INFINITY),
+        Value::Real(0.1),
+        Value::Real(1.0 / 3.0),
+        Value::Real(f64::MAX),
+        Value::Real(-1.5e-300),
+        Value::Real(1e16),
+        Value::Text(String::new()),
+        Value::Text("a\0b".into()),
+        Value::Text("\0".into()),
+        Value::Text("line\r\nbreak\rcr\nlf".into()),
+        Value::Text("tab\there\u{7f}\u{1b}[0m".into()),
+        Value::Text("it's \"quoted\" ✓ 𝄞".into()),
+        Value::Text("123".into()),
+        Value::Blob(Vec::new()),
+        Value::Blob(vec![0, 1, 255, b'\'', b'\r']),
+        Value::Null,
+    ];
+    for (i, v) in values.into_iter().enumerate() {
+        conn.execute("INSERT INTO v (id, x) VALUES (?1, ?2)", rusqlite::params![i as i64 - 5, v]).unwrap();
+    }
+    conn
+}
+
+/// A restore target over rusqlite that behaves as D1 does: foreign keys always enforced, each
+/// batch one transaction, and SQLite's errors ending with their result code's name. It can be
+/// told to fail the n-th batch after committing it, as a Worker dying before it records the
+/// step would.
+pub struct RusqliteTarget<'a> {
+    pub conn: &'a Connection,
+    pub batches: u32,
+    pub die_after_batch: Option<u32>,
+}
+
+impl<'a> RusqliteTarget<'a> {
+    pub fn new(conn: &'a Connection) -> Self {
+        conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+        RusqliteTarget { conn, batches: 0, die_after_batch: None }
+    }
+}
+
+impl SqlSource for RusqliteTarget<'_> {
+    async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PortError> {
+        RusqliteSource::new(self.conn).query(sql).await
+    }
+}
+
+impl shared::restore::SqlTarget for RusqliteTarget<'_> {
+    async fn execute_batch(&mut self, statements: &[String]) -> Result<(), PortError> {
+        let as_d1 = |e: rusqlite::Error| match &e {
+            rusqlite::Error::SqliteFailure(code, _) => PortError(format!("{e}: SQLITE_{:?}", code.code).to_uppercase()),
+            _ => PortError(e.to_string()),
+        };
+        self.conn.execute_batch("BEGIN").map_err(as_d1)?;
+        for statement in statements {
+            if let Err(e) = self.conn.execute_batch(statement) {
+                self.conn.execute_batch("ROLLBACK").unwrap();
+                return Err(as_d1(e));
+            }
+        }
+        self.conn.execute_batch("COMMIT").map_err(|e| {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            as_d1(e)
+        })?;
+        self.batches += 1;
+        if self.die_after_batch == Some(self.batches) {
+            return Err(PortError("the invocation died after the batch committed".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Counts the queries each step makes.
+pub struct CountingSource<'a> {
+    pub inner: RusqliteSource<'a>,
+    pub queries: u32,
+}
+
+impl SqlSource for CountingSource<'_> {
+    async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PortError> {
+        self.queries += 1;
+        self.inner.query(sql).await
+    }
+}
+
+pub struct Run {
+    pub summary: BackupSummary,
+    pub steps: u32,
+    pub most_queries_in_a_step: u32,
+}
+
+/// Runs steps until the backup completes, carrying the checkpoint through JSON (as the
+/// consumer carries it through the metadata database) and deleting superseded tails.
+pub fn run_to_completion(conn: &Connection, store: &mut MemoryStore, target: &BackupTarget, budget: StepBudget) -> Run {
+    let clock = Cell::new(0i64);
+    // Every reading of the clock moves it on by 10 ms.
+    let tick = || {
+        clock.set(clock.get() + 10);
+        clock.get()
+    };
+    let mut checkpoint: Option<BackupCheckpoint> = None;
+    let (mut steps, mut most_queries) = (0, 0);
+    loop {
+        let mut source = CountingSource { inner: RusqliteSource::new(conn), queries: 0 };
+        let progress = block_on(backup_step(&mut source, store, &tick, target, budget, checkpoint.as_ref())).unwrap();
+        steps += 1;
+        most_queries = most_queries.max(source.queries);
+        match progress {
+            BackupProgress::Paused { checkpoint: next, superseded } => {
+                let saved = serde_json::to_string(&next).unwrap();
+                checkpoint = Some(serde_json::from_str(&saved).unwrap());
+                if let Some(key) = superseded {
+                    store.objects.remove(&key);
+                }
+            }
+            BackupProgress::Complete { summary, superseded } => {
+                if let Some(key) = superseded {
+                    store.objects.remove(&key);
+                }
+                return Run { summary, steps, most_queries_in_a_step: most_queries };
+            }
+        }
     }
 }

@@ -1,0 +1,207 @@
+//! Reading a stored dump (`.sql` or `.sql.gz`) as SQL text, a bounded piece at a time, from a
+//! position a restore can save and resume at in another invocation.
+//!
+//! A plain dump resumes at a byte offset. A gzip dump cannot be entered in the middle of a
+//! compressed stream, but the exporter writes one gzip member per step, and every member can
+//! be decoded on its own: a position is the member's offset plus the SQL bytes of that member
+//! already used. Resuming decodes that much of one member again, never the whole file.
+
+use crate::ports::{ObjectStore, PortError};
+use crate::sha256::ResumableSha256;
+use flate2::write::GzDecoder;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+
+/// Compressed bytes fetched per read: also what bounds the SQL decoded per read.
+const FETCH_BYTES: u64 = 1024 * 1024;
+
+/// Why reading failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// The store failed: worth retrying.
+    Store(PortError),
+    /// The object is not a whole dump (a corrupt or cut gzip stream, or too short).
+    Corrupt(String),
+}
+
+impl From<PortError> for ReadError {
+    fn from(e: PortError) -> Self {
+        ReadError::Store(e)
+    }
+}
+
+/// Where reading resumes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadPosition {
+    /// Offset in the object: for gzip, where a member starts.
+    pub object_offset: u64,
+    /// SQL bytes to skip from there (gzip: the part of the member already used).
+    pub skip: u64,
+    /// SQL bytes before this position, over the whole dump.
+    pub sql_offset: u64,
+    /// SHA-256 of the object's first `hash.len()` bytes, so a finished read can be checked
+    /// against the SHA-256 recorded when the dump was stored.
+    pub hash: ResumableSha256,
+}
+
+/// A member whose SQL may still be in the buffer: where it starts in the object and in the SQL.
+#[derive(Debug, Clone, Copy)]
+struct MemberStart {
+    object_offset: u64,
+    sql_offset: u64,
+}
+
+pub struct DumpReader<'a, O: ObjectStore> {
+    store: &'a mut O,
+    key: String,
+    gzip: bool,
+    /// Next object offset to fetch.
+    fetch_at: u64,
+    /// Compressed bytes fetched but not yet fed to the decoder.
+    compressed: Vec<u8>,
+    decoder: Option<GzDecoder<Vec<u8>>>,
+    /// Offset in the object of the start of `compressed`.
+    compressed_at: u64,
+    members: Vec<MemberStart>,
+    /// SQL read but not yet consumed, starting at SQL offset `buffer_at`.
+    buffer: Vec<u8>,
+    buffer_at: u64,
+    /// SQL bytes still to drop when resuming inside a gzip member.
+    to_skip: u64,
+    hash: ResumableSha256,
+    eof: bool,
+}
+
+impl<'a, O: ObjectStore> DumpReader<'a, O> {
+    pub fn open(store: &'a mut O, key: &str, gzip: bool, from: &ReadPosition) -> DumpReader<'a, O> {
+        DumpReader {
+            store,
+            key: key.to_owned(),
+            gzip,
+            fetch_at: from.object_offset + if gzip { 0 } else { from.skip },
+            compressed: Vec::new(),
+            decoder: None,
+            compressed_at: from.object_offset,
+            members: vec![MemberStart { object_offset: from.object_offset, sql_offset: from.sql_offset - from.skip }],
+            buffer: Vec::new(),
+            buffer_at: from.sql_offset,
+            to_skip: if gzip { from.skip } else { 0 },
+            hash: from.hash.clone(),
+            eof: false,
+        }
+    }
+
+    /// SQL read and not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buffer
+    }
+
+    /// Whether the whole object has been read.
+    pub fn at_end(&self) -> bool {
+        self.eof
+    }
+
+    /// Drops `n` bytes from the front of the buffer: they have been used.
+    pub fn consume(&mut self, n: usize) {
+        self.buffer.drain(..n);
+        self.buffer_at += n as u64;
+    }
+
+    /// The position just after the consumed SQL.
+    pub fn position(&self) -> ReadPosition {
+        let member = self.members.iter().rev().find(|m| m.sql_offset <= self.buffer_at).copied().unwrap_or(self.members[0]);
+        if self.gzip {
+            ReadPosition {
+                object_offset: member.object_offset,
+                skip: self.buffer_at - member.sql_offset,
+                sql_offset: self.buffer_at,
+                hash: self.hash.clone(),
+            }
+        } else {
+            ReadPosition { object_offset: 0, skip: self.buffer_at, sql_offset: self.buffer_at, hash: self.hash.clone() }
+        }
+    }
+
+    /// Reads more SQL into the buffer; `false` at the end of the object.
+    pub async fn fill(&mut self) -> Result<bool, ReadError> {
+        loop {
+            if self.eof {
+                return Ok(false);
+            }
+            let before = self.buffer.len();
+            if self.compressed.is_empty() {
+                let chunk = self.store.get_range(&self.key, self.fetch_at, FETCH_BYTES).await?.ok_or_else(|| {
+                    ReadError::Corrupt(format!("{} is missing from the bucket", self.key))
+                })?;
+                // Bytes fetched again after a resume were hashed by an earlier step.
+                let hashed_to = self.hash.len();
+                let end = self.fetch_at + chunk.len() as u64;
+                if end > hashed_to && self.fetch_at <= hashed_to {
+                    self.hash.update(&chunk[(hashed_to - self.fetch_at) as usize..]);
+                }
+                self.fetch_at = end;
+                if chunk.is_empty() {
+                    self.finish_member()?;
+                    self.eof = true;
+                    return Ok(false);
+                }
+                if !self.gzip {
+                    self.push_sql(&chunk);
+                    return Ok(true);
+                }
+                self.compressed = chunk;
+            }
+            self.decode()?;
+            if self.buffer.len() > before {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn push_sql(&mut self, sql: &[u8]) {
+        let drop = (self.to_skip as usize).min(sql.len());
+        self.to_skip -= drop as u64;
+        self.buffer.extend_from_slice(&sql[drop..]);
+    }
+
+    /// Feeds the fetched compressed bytes to the decoder, member after member.
+    fn decode(&mut self) -> Result<(), ReadError> {
+        let corrupt = |e: std::io::Error| ReadError::Corrupt(format!("the gzip stream is corrupt: {e}"));
+        let mut fed = 0;
+        // At most 64 KiB at a time, so a highly compressed piece cannot decode into a lot of
+        // memory at once.
+        while fed < self.compressed.len() {
+            let decoder = self.decoder.get_or_insert_with(|| GzDecoder::new(Vec::new()));
+            let end = (fed + 64 * 1024).min(self.compressed.len());
+            let n = decoder.write(&self.compressed[fed..end]).map_err(corrupt)?;
+            let sql = std::mem::take(decoder.get_mut());
+            self.push_sql(&sql);
+            if n == 0 {
+                // This member is complete; the next starts here.
+                self.finish_member()?;
+                if self.to_skip > 0 {
+                    return Err(ReadError::Corrupt("the dump is shorter than the position it resumes at".into()));
+                }
+                let sql_offset = self.buffer_at + self.buffer.len() as u64;
+                self.members.push(MemberStart { object_offset: self.compressed_at + fed as u64, sql_offset });
+                continue;
+            }
+            fed += n;
+        }
+        self.compressed_at += self.compressed.len() as u64;
+        self.compressed.clear();
+        Ok(())
+    }
+
+    /// Ends the member being decoded, checking its CRC and length.
+    fn finish_member(&mut self) -> Result<(), ReadError> {
+        if let Some(decoder) = self.decoder.take() {
+            let rest = decoder
+                .finish()
+                .map_err(|e| ReadError::Corrupt(format!("the gzip stream is corrupt or cut short: {e}")))?;
+            self.push_sql(&rest);
+        }
+        Ok(())
+    }
+}
