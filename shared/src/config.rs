@@ -22,6 +22,8 @@ pub struct DatabaseConfig {
     pub binding: String,
     /// Store this database's dumps gzip-compressed (`.sql.gz`).
     pub gzip: bool,
+    /// Verify each new dump by restoring it into the scratch database (on unless turned off).
+    pub verify: bool,
 }
 
 /// One value of the `DATABASES` object.
@@ -38,6 +40,12 @@ pub struct DatabaseOptions {
     pub binding: String,
     #[serde(default)]
     pub gzip: bool,
+    #[serde(default = "verify_by_default")]
+    pub verify: bool,
+}
+
+fn verify_by_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +83,10 @@ pub fn databases_from_map(map: BTreeMap<String, DatabaseEntry>) -> Result<Vec<Da
     let databases: Vec<DatabaseConfig> = map
         .into_iter()
         .map(|(name, entry)| match entry {
-            DatabaseEntry::Binding(binding) => DatabaseConfig { name, binding, gzip: false },
-            DatabaseEntry::Options(DatabaseOptions { binding, gzip }) => DatabaseConfig { name, binding, gzip },
+            DatabaseEntry::Binding(binding) => DatabaseConfig { name, binding, gzip: false, verify: true },
+            DatabaseEntry::Options(DatabaseOptions { binding, gzip, verify }) => {
+                DatabaseConfig { name, binding, gzip, verify }
+            }
         })
         .collect();
     validate_databases(&databases)?;
@@ -87,7 +97,7 @@ pub fn databases_from_map(map: BTreeMap<String, DatabaseEntry>) -> Result<Vec<Da
 pub fn parse_databases(json: &str) -> Result<Vec<DatabaseConfig>, ConfigError> {
     let map: BTreeMap<String, DatabaseEntry> = serde_json::from_str(json).map_err(|e| {
         ConfigError(format!(
-            "DATABASES must be an object of database name to a D1 binding name or {{binding, gzip}}: {e}"
+            "DATABASES must be an object of database name to a D1 binding name or {{binding, gzip, verify}}: {e}"
         ))
     })?;
     databases_from_map(map)
@@ -267,9 +277,49 @@ impl ArchiveLimits {
     }
 }
 
+/// Verification and restores (`VERIFY_MAX_MB`: dumps larger than this are not verified, the
+/// reason recorded; `OPERATION_MAX_ATTEMPTS`: failed deliveries before a verification or
+/// restore is given up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OperationLimits {
+    pub verify_max_mb: u32,
+    pub max_attempts: u32,
+}
+
+impl OperationLimits {
+    pub const DEFAULT: OperationLimits = OperationLimits { verify_max_mb: 1024, max_attempts: 5 };
+
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<OperationLimits, ConfigError> {
+        Ok(OperationLimits {
+            verify_max_mb: read_count(&get, "VERIFY_MAX_MB", Self::DEFAULT.verify_max_mb, 10_000_000)?,
+            max_attempts: read_count(&get, "OPERATION_MAX_ATTEMPTS", Self::DEFAULT.max_attempts, 100)?,
+        })
+    }
+
+    /// Whether a dump of `bytes` is verified; `Err` holds the reason it is not.
+    pub fn verifies(&self, bytes: u64) -> Result<(), String> {
+        let limit = u64::from(self.verify_max_mb) * 1024 * 1024;
+        if bytes > limit {
+            Err(format!("the dump is {bytes} bytes, over VERIFY_MAX_MB ({} MiB)", self.verify_max_mb))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verification_is_on_by_default_and_limited_by_size() {
+        let dbs = parse_databases(r#"{"a":"DB_A","b":{"binding":"DB_B","verify":false},"c":{"binding":"DB_C"}}"#).unwrap();
+        assert_eq!(dbs.iter().map(|d| d.verify).collect::<Vec<_>>(), [true, false, true]);
+        let limits = OperationLimits::from_vars(|n| (n == "VERIFY_MAX_MB").then(|| "1".into())).unwrap();
+        assert!(limits.verifies(1024 * 1024).is_ok());
+        assert!(limits.verifies(1024 * 1024 + 1).unwrap_err().contains("VERIFY_MAX_MB"));
+        assert!(OperationLimits::from_vars(|n| (n == "OPERATION_MAX_ATTEMPTS").then(|| "0".into())).is_err());
+    }
 
     #[test]
     fn parses_a_valid_list() {

@@ -87,6 +87,33 @@ impl ArchiveMessage {
     }
 }
 
+/// Run (or continue) a verification or a restore, recorded in the metadata database's
+/// `operations` table under `operation_id`. The consumer's `restore-jobs` queue carries these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationMessage {
+    pub v: u32,
+    pub operation_id: Uuid,
+    /// As for [`BackupMessage::step`].
+    #[serde(default)]
+    pub step: u32,
+}
+
+impl OperationMessage {
+    pub fn new(operation_id: Uuid) -> Self {
+        OperationMessage { v: MESSAGE_VERSION, operation_id, step: 0 }
+    }
+
+    pub fn continuation(&self, step: u32) -> OperationMessage {
+        OperationMessage { step, ..self.clone() }
+    }
+
+    /// Parses a message body, refusing unknown versions.
+    pub fn from_json(value: serde_json::Value) -> Result<OperationMessage, String> {
+        parse_versioned(value, "operation")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -220,7 +220,7 @@ mod tests {
     fn configured() -> Vec<DatabaseConfig> {
         ["chinook", "demo"]
             .iter()
-            .map(|n| DatabaseConfig { name: n.to_string(), binding: n.to_uppercase(), gzip: false })
+            .map(|n| DatabaseConfig { name: n.to_string(), binding: n.to_uppercase(), gzip: false, verify: true })
             .collect()
     }
 

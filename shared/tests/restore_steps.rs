@@ -248,3 +248,162 @@ fn a_truncated_dump_fails_verification_naming_the_table_it_cuts() {
         assert_eq!(outcome.failed_table.as_deref(), Some(expected.as_str()), "gzip {gzip}: {:?}", outcome.problems);
     }
 }
+
+#[test]
+fn a_daily_comes_out_of_a_weekly_archive_over_many_steps_and_restores() {
+    use shared::archive::{archive_step, ArchiveBudget, ArchiveCheckpoint, ArchiveMember, ArchivePlan, ArchiveProgress};
+    use shared::restore::extract::{extract_step, ArchivedDump, ExtractProgress};
+    use shared::upload::UploadSpec;
+
+    let source = chinook();
+    let mut store = MemoryStore::default();
+    let mut members = Vec::new();
+    for gzip in [false, true] {
+        let summary = back_up(&source, &mut store, gzip);
+        // Move each daily to its own date, as two nights would have stored them.
+        let key = summary.key.replace("2026-11-23", if gzip { "2026-11-17" } else { "2026-11-16" });
+        let object = store.objects.remove(&summary.key).unwrap();
+        store.objects.insert(key.clone(), object);
+        members.push(ArchiveMember {
+            database: "db".into(),
+            date: chrono::NaiveDate::parse_from_str(&key[6..16], "%Y-%m-%d").unwrap(),
+            path: ArchiveMember::path_for(&key).unwrap(),
+            source_key: key,
+            bytes: summary.bytes,
+            sha256: summary.sha256.clone(),
+            rows: summary.rows,
+            tables: summary.tables.len() as u64,
+            mtime: 0,
+        });
+    }
+    let plan = ArchivePlan {
+        week: "2026-W47".into(),
+        key: "weekly/2026-W47.tar.gz".into(),
+        staging_prefix: "staging/archive/".into(),
+        part_size: 64 * 1024,
+        created_at: Utc.with_ymd_and_hms(2026, 11, 23, 4, 0, 0).unwrap(),
+        members: members.clone(),
+    };
+    let mut checkpoint = ArchiveCheckpoint::start(plan);
+    let budget = ArchiveBudget { max_read_bytes: 256 * 1024, max_millis: u64::MAX };
+    loop {
+        match block_on(archive_step(&mut store, &|| 0, budget, &checkpoint)).unwrap() {
+            ArchiveProgress::Paused { checkpoint: next, .. } => checkpoint = next,
+            ArchiveProgress::Complete { .. } => break,
+        }
+    }
+
+    for member in &members {
+        let archived = ArchivedDump {
+            archive_key: "weekly/2026-W47.tar.gz".into(),
+            path: member.path.clone(),
+            sha256: member.sha256.clone(),
+        };
+        let gzip = member.path.ends_with(".gz");
+        let dest = UploadSpec {
+            key: format!("restore-staging/op-1/{}", if gzip { "db.sql.gz" } else { "db.sql" }),
+            staging_prefix: "restore-staging/op-1/tails/".into(),
+            content_type: "application/octet-stream".into(),
+            metadata: BTreeMap::new(),
+            part_size: 64 * 1024,
+            gzip: false,
+        };
+        let (mut from, mut steps) = (None, 0);
+        loop {
+            steps += 1;
+            match block_on(extract_step(&mut store, &archived, &dest, 100_000, from.as_ref())).unwrap() {
+                ExtractProgress::Paused { checkpoint, superseded } => {
+                    if let Some(key) = superseded {
+                        store.objects.remove(&key);
+                    }
+                    from = Some(serde_json::from_str(&serde_json::to_string(&checkpoint).unwrap()).unwrap());
+                }
+                ExtractProgress::Done { bytes, superseded } => {
+                    if let Some(key) = superseded {
+                        store.objects.remove(&key);
+                    }
+                    assert_eq!(bytes, member.bytes);
+                    break;
+                }
+            }
+        }
+        assert!(steps > 3, "{steps} steps");
+        assert_eq!(store.objects[&dest.key].0, store.objects[&member.source_key].0, "the copy is the daily byte for byte");
+        assert!(store.objects.keys().all(|k| !k.contains("/tails/")), "no tail left behind");
+
+        let restored = Connection::open_in_memory().unwrap();
+        let plan = RestorePlan {
+            operation: "op-1".into(),
+            dump: DumpObject { key: dest.key.clone(), gzip, sha256: member.sha256.clone() },
+            table: None,
+        };
+        restore(&mut RusqliteTarget::new(&restored), &mut store, &plan).0.unwrap();
+        assert_same_data(&source, &restored);
+    }
+
+    // A member the archive does not hold is a clear error.
+    let missing = ArchivedDump { archive_key: "weekly/2026-W47.tar.gz".into(), path: "2026-11-18/db.sql".into(), sha256: String::new() };
+    let dest = UploadSpec {
+        key: "restore-staging/op-2/db.sql".into(),
+        staging_prefix: "restore-staging/op-2/tails/".into(),
+        content_type: "application/octet-stream".into(),
+        metadata: BTreeMap::new(),
+        part_size: 64 * 1024,
+        gzip: false,
+    };
+    match block_on(extract_step(&mut store, &missing, &dest, u64::MAX, None)) {
+        Err(RestoreError::Dump { message, .. }) => assert!(message.contains("holds no member"), "{message}"),
+        other => panic!("expected a missing member, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_reader_resumes_inside_gzip_members_at_any_point() {
+    use shared::ports::{ObjectInfo, ObjectStore};
+    use shared::restore::reader::{DumpReader, ReadPosition};
+    use std::io::Write;
+
+    // Five members of barely compressible bytes, so reads of 1 MiB end inside members.
+    let (mut plain, mut gz, mut x) = (Vec::new(), Vec::new(), 7u64);
+    for _ in 0..5 {
+        let member: Vec<u8> = (0..400_000)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (x >> 59) as u8 + b'a'
+            })
+            .collect();
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        encoder.write_all(&member).unwrap();
+        gz.extend(encoder.finish().unwrap());
+        plain.extend(member);
+    }
+    let mut store = MemoryStore::default();
+    let info = ObjectInfo { content_type: "application/gzip".into(), custom: BTreeMap::new() };
+    block_on(store.put("k.gz", gz, &info)).unwrap();
+    for step_bytes in [77_777, 400_000, 1_500_000] {
+        let (mut read, mut position, mut steps) = (Vec::new(), ReadPosition::default(), 0);
+        loop {
+            steps += 1;
+            // Each step starts from the saved position alone, as a new invocation would.
+            let saved: ReadPosition = serde_json::from_str(&serde_json::to_string(&position).unwrap()).unwrap();
+            let mut reader = DumpReader::open("k.gz", true, &saved);
+            let mut taken = 0;
+            while taken < step_bytes {
+                if reader.buffered().is_empty() && !block_on(reader.fill(&mut store)).unwrap() {
+                    break;
+                }
+                let n = reader.buffered().len().min(step_bytes - taken).min(70_001);
+                read.extend_from_slice(&reader.buffered()[..n]);
+                reader.consume(n);
+                taken += n;
+            }
+            position = reader.position();
+            if taken == 0 {
+                break;
+            }
+            assert!(steps < 5_000_000 / step_bytes + 10);
+        }
+        assert!(read == plain, "steps of {step_bytes} bytes read {} of {} bytes", read.len(), plain.len());
+        assert_eq!(position.sql_offset, plain.len() as u64);
+    }
+}

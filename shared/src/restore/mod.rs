@@ -12,6 +12,8 @@
 //! stands: the record commits with the statements or not at all, so a step that dies anywhere
 //! resumes exactly after the last batch that committed, never running a statement twice.
 
+pub mod extract;
+pub mod operation;
 pub mod reader;
 pub mod statements;
 pub mod verify;
@@ -298,7 +300,7 @@ pub async fn restore_step<T: SqlTarget, O: ObjectStore, C: Clock>(
         None => begin(target, plan).await?,
     };
     let mut queries = 0u32;
-    let mut reader = DumpReader::open(store, &plan.dump.key, plan.dump.gzip, &cursor.position);
+    let mut reader = DumpReader::open(&plan.dump.key, plan.dump.gzip, &cursor.position);
     let mut batch: Vec<String> = Vec::new();
     let mut batch_bytes = 0usize;
     let mut sql_bytes_this_step = 0u64;
@@ -362,7 +364,7 @@ pub async fn restore_step<T: SqlTarget, O: ObjectStore, C: Clock>(
                         message: format!("a statement runs past {MAX_STATEMENT_BYTES} bytes: this is not a dump"),
                     });
                 }
-                reader.fill().await.map_err(|e| match e {
+                reader.fill(store).await.map_err(|e| match e {
                     ReadError::Store(e) => RestoreError::Port(e),
                     ReadError::Corrupt(message) => RestoreError::Dump { table: cursor.section.table(), message },
                 })?;
@@ -391,7 +393,6 @@ pub async fn restore_step<T: SqlTarget, O: ObjectStore, C: Clock>(
         }
     }
     let position = reader.position();
-    drop(reader);
     let sha256_matches = position.hash.hex_digest() == plan.dump.sha256;
     target.execute_batch(&[format!("DROP TABLE IF EXISTS \"{PROGRESS_TABLE}\"")]).await?;
     Ok(RestoreProgress::Finished(RestoreReport { statements: cursor.statements, sql_bytes: position.sql_offset, sha256_matches }))

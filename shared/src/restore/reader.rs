@@ -52,8 +52,7 @@ struct MemberStart {
     sql_offset: u64,
 }
 
-pub struct DumpReader<'a, O: ObjectStore> {
-    store: &'a mut O,
+pub struct DumpReader {
     key: String,
     gzip: bool,
     /// Next object offset to fetch.
@@ -73,10 +72,10 @@ pub struct DumpReader<'a, O: ObjectStore> {
     eof: bool,
 }
 
-impl<'a, O: ObjectStore> DumpReader<'a, O> {
-    pub fn open(store: &'a mut O, key: &str, gzip: bool, from: &ReadPosition) -> DumpReader<'a, O> {
+impl DumpReader {
+    /// Reads the object at `key` from `from`; the store is passed to each [`DumpReader::fill`].
+    pub fn open(key: &str, gzip: bool, from: &ReadPosition) -> DumpReader {
         DumpReader {
-            store,
             key: key.to_owned(),
             gzip,
             fetch_at: from.object_offset + if gzip { 0 } else { from.skip },
@@ -124,14 +123,14 @@ impl<'a, O: ObjectStore> DumpReader<'a, O> {
     }
 
     /// Reads more SQL into the buffer; `false` at the end of the object.
-    pub async fn fill(&mut self) -> Result<bool, ReadError> {
+    pub async fn fill<O: ObjectStore>(&mut self, store: &mut O) -> Result<bool, ReadError> {
         loop {
             if self.eof {
                 return Ok(false);
             }
             let before = self.buffer.len();
             if self.compressed.is_empty() {
-                let chunk = self.store.get_range(&self.key, self.fetch_at, FETCH_BYTES).await?.ok_or_else(|| {
+                let chunk = store.get_range(&self.key, self.fetch_at, FETCH_BYTES).await?.ok_or_else(|| {
                     ReadError::Corrupt(format!("{} is missing from the bucket", self.key))
                 })?;
                 // Bytes fetched again after a resume were hashed by an earlier step.
@@ -142,9 +141,10 @@ impl<'a, O: ObjectStore> DumpReader<'a, O> {
                 }
                 self.fetch_at = end;
                 if chunk.is_empty() {
+                    // The decoder may still hold the last member's end.
                     self.finish_member()?;
                     self.eof = true;
-                    return Ok(false);
+                    return Ok(self.buffer.len() > before);
                 }
                 if !self.gzip {
                     self.push_sql(&chunk);

@@ -1,0 +1,183 @@
+//! A verification or a restore as the consumer runs it, one step per queue message: first, for
+//! a dump kept only in a weekly archive, copying it out of the archive; then restoring it into
+//! the target (or, to verify, into the scratch database and checking the copy).
+
+use super::extract::{extract_step, ArchivedDump, ExtractCheckpoint, ExtractProgress};
+use super::verify::{verify_step, VerifyOutcome, VerifyPhase, VerifyProgress};
+use super::{restore_step, DumpObject, RestoreError, RestorePlan, RestoreProgress, RestoreReport, SqlTarget};
+use crate::dump::{StepBudget, TableCount};
+use crate::ports::{Clock, ObjectStore};
+use crate::upload::{UploadSpec, PART_SIZE};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationKind {
+    /// Restore into the scratch database and compare with the export.
+    Verify,
+    /// Restore into a configured database.
+    Restore,
+}
+
+/// Where the dump is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DumpSource {
+    /// An object of its own (a daily or manual backup).
+    Stored(DumpObject),
+    /// A member of a weekly archive.
+    Archived(ArchivedDump),
+}
+
+/// Everything an operation needs, fixed when it is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationPlan {
+    pub id: String,
+    pub kind: OperationKind,
+    pub source: DumpSource,
+    /// A restore of one table only.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// What the export recorded per table (verification compares with it).
+    #[serde(default)]
+    pub expected: Vec<TableCount>,
+    pub rows_per_query: u32,
+}
+
+impl OperationPlan {
+    /// Where a dump taken out of an archive is put while it is restored.
+    pub fn extracted_key(&self) -> Option<String> {
+        match &self.source {
+            DumpSource::Archived(member) => {
+                let file = member.path.rsplit('/').next().unwrap_or("dump.sql");
+                Some(format!("restore-staging/{}/{file}", self.id))
+            }
+            DumpSource::Stored(_) => None,
+        }
+    }
+
+    fn extract_spec(&self) -> Option<UploadSpec> {
+        Some(UploadSpec {
+            key: self.extracted_key()?,
+            staging_prefix: format!("restore-staging/{}/tails/", self.id),
+            content_type: "application/octet-stream".into(),
+            metadata: BTreeMap::from([("operation".to_string(), self.id.clone())]),
+            part_size: PART_SIZE,
+            gzip: false,
+        })
+    }
+
+    /// The dump as the restore reads it: the stored object, or the copy out of the archive.
+    fn dump(&self) -> DumpObject {
+        match &self.source {
+            DumpSource::Stored(dump) => dump.clone(),
+            DumpSource::Archived(member) => DumpObject {
+                key: self.extracted_key().unwrap_or_default(),
+                gzip: member.path.ends_with(".gz"),
+                sha256: member.sha256.clone(),
+            },
+        }
+    }
+
+    fn restore_plan(&self) -> RestorePlan {
+        RestorePlan { operation: self.id.clone(), dump: self.dump(), table: self.table.clone() }
+    }
+
+    /// The first phase.
+    pub fn start(&self) -> OperationPhase {
+        match (&self.source, self.kind) {
+            (DumpSource::Archived(_), _) => OperationPhase::Extracting(None),
+            (DumpSource::Stored(_), OperationKind::Restore) => OperationPhase::Restoring,
+            (DumpSource::Stored(_), OperationKind::Verify) => OperationPhase::Verifying(None),
+        }
+    }
+}
+
+/// Where an operation stands between steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OperationPhase {
+    Extracting(Option<ExtractCheckpoint>),
+    /// The target's progress table says how far.
+    Restoring,
+    Verifying(Option<VerifyPhase>),
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "outcome")]
+pub enum OperationOutcome {
+    Restored(RestoreReport),
+    Verified(VerifyOutcome),
+    /// The dump could not be restored (it is damaged, or the request cannot be carried out).
+    Failed { table: Option<String>, message: String },
+}
+
+impl OperationOutcome {
+    pub fn succeeded(&self) -> bool {
+        match self {
+            OperationOutcome::Restored(report) => report.sha256_matches,
+            OperationOutcome::Verified(outcome) => outcome.passed,
+            OperationOutcome::Failed { .. } => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperationProgress {
+    /// Continue with `phase`; `superseded` can be deleted once it is saved.
+    Paused { phase: OperationPhase, superseded: Option<String> },
+    /// Finished; the plan's extracted copy (if any) can be deleted.
+    Done(OperationOutcome),
+}
+
+/// Runs one step of `plan` from `phase`. `target` is the scratch database for a verification,
+/// the target database for a restore. An `Err` is worth retrying; a damaged dump is an outcome.
+pub async fn operation_step<T: SqlTarget, O: ObjectStore, C: Clock>(
+    target: &mut T,
+    store: &mut O,
+    clock: &C,
+    plan: &OperationPlan,
+    budget: StepBudget,
+    phase: OperationPhase,
+) -> Result<OperationProgress, crate::ports::PortError> {
+    let failed = |table, message| Ok(OperationProgress::Done(OperationOutcome::Failed { table, message }));
+    match phase {
+        OperationPhase::Extracting(from) => {
+            let (DumpSource::Archived(member), Some(spec)) = (&plan.source, plan.extract_spec()) else {
+                return failed(None, "only a dump in an archive is extracted".into());
+            };
+            match extract_step(store, member, &spec, budget.max_bytes, from.as_ref()).await {
+                Ok(ExtractProgress::Paused { checkpoint, superseded }) => {
+                    Ok(OperationProgress::Paused { phase: OperationPhase::Extracting(Some(checkpoint)), superseded })
+                }
+                Ok(ExtractProgress::Done { superseded, .. }) => {
+                    let next = match plan.kind {
+                        OperationKind::Restore => OperationPhase::Restoring,
+                        OperationKind::Verify => OperationPhase::Verifying(None),
+                    };
+                    Ok(OperationProgress::Paused { phase: next, superseded })
+                }
+                Err(RestoreError::Port(e)) => Err(e),
+                Err(RestoreError::Dump { table, message }) => failed(table, message),
+            }
+        }
+        OperationPhase::Restoring => match restore_step(target, store, clock, &plan.restore_plan(), budget).await {
+            Ok(RestoreProgress::Paused(_)) => Ok(OperationProgress::Paused { phase: OperationPhase::Restoring, superseded: None }),
+            Ok(RestoreProgress::Finished(report)) => Ok(OperationProgress::Done(OperationOutcome::Restored(report))),
+            Err(RestoreError::Port(e)) => Err(e),
+            Err(RestoreError::Dump { table, message }) => failed(table, message),
+        },
+        OperationPhase::Verifying(from) => {
+            let restore = plan.restore_plan();
+            match verify_step(target, store, clock, &restore, &plan.expected, plan.rows_per_query, budget, from).await? {
+                VerifyProgress::Paused(next) => {
+                    Ok(OperationProgress::Paused { phase: OperationPhase::Verifying(Some(next)), superseded: None })
+                }
+                VerifyProgress::Done(outcome) => Ok(OperationProgress::Done(OperationOutcome::Verified(outcome))),
+            }
+        }
+    }
+}
