@@ -12,6 +12,8 @@
 //! an alert. A message nobody can read is forwarded to the dead-letter queue, recorded there
 //! and acknowledged, never retried forever.
 
+mod operations;
+
 use platform::d1_source::D1Source;
 use platform::meta::{self, Attempt, RunView};
 use platform::r2_store::R2Store;
@@ -30,27 +32,29 @@ use worker::*;
 
 /// Name of the dead-letter queue (see consumer/wrangler.toml).
 const DEAD_LETTER_QUEUE: &str = "backup-jobs-dlq";
+/// Name of the queue of verifications and restores (see consumer/wrangler.toml).
+const OPERATION_QUEUE: &str = "restore-jobs";
 /// Binding through which unreadable messages are forwarded to the dead-letter queue.
 const DEAD_LETTERS: &str = "DEAD_LETTERS";
 
 /// One delivered message, read from the runtime's own message object: workers-rs does not
 /// expose the delivery attempt number, which the backoff and the run history need.
-struct Delivery {
+pub(crate) struct Delivery {
     raw: RawMessage,
-    id: String,
+    pub(crate) id: String,
     /// The queue's attempt number, 1 for the first delivery.
-    attempt: u32,
-    body: JsValue,
+    pub(crate) attempt: u32,
+    pub(crate) body: JsValue,
 }
 
 impl Delivery {
-    fn ack(&self) {
+    pub(crate) fn ack(&self) {
         if let Err(e) = self.raw.ack() {
             console_error!("acknowledging message {} failed: {e:?}", self.id);
         }
     }
 
-    fn retry_in(&self, seconds: u32) {
+    pub(crate) fn retry_in(&self, seconds: u32) {
         let options = Object::new();
         let _ = Reflect::set(&options, &"delaySeconds".into(), &JsValue::from(seconds));
         if let Err(e) = self.raw.retry(options.into()) {
@@ -78,6 +82,8 @@ pub async fn queue(batch: RawBatch, env: Env, _ctx: JsValue) -> std::result::Res
         };
         if queue_name == DEAD_LETTER_QUEUE {
             bury(&env, &delivery).await;
+        } else if queue_name == OPERATION_QUEUE {
+            operations::operate(&env, &delivery).await;
         } else {
             back_up(&env, &delivery).await;
         }
@@ -301,6 +307,7 @@ async fn run_step(
                 .await
                 .map_err(|e| format!("recording the backup failed: {e}"))?;
             delete_staging(&mut store.inner, superseded.as_deref()).await;
+            operations::start_verification(env, &meta_db, &msg.database, &run.id, &summary).await;
             raise_job_alerts(env, &meta_db, &msg.job_id.to_string()).await;
             console_log!(
                 "{label}: {} bytes, {} rows in {} tables in {} steps -> {}; wasm memory {} MiB",
@@ -352,7 +359,7 @@ async fn delete_staging(store: &mut R2Store, key: Option<&str>) {
 
 /// The Worker's WebAssembly memory: it only grows, so this is the peak so far. Logged after
 /// every step to show that memory stays flat whatever the database's size.
-fn wasm_memory_mib() -> usize {
+pub(crate) fn wasm_memory_mib() -> usize {
     core::arch::wasm32::memory_size(0) * 65_536 / (1024 * 1024)
 }
 

@@ -35,3 +35,9 @@ pub fn archive_limits(env: &Env) -> worker::Result<shared::config::ArchiveLimits
     shared::config::ArchiveLimits::from_vars(|name| env.var(name).ok().map(|v| v.to_string()))
         .map_err(|e| worker::Error::RustError(e.to_string()))
 }
+
+/// `VERIFY_MAX_MB` and `OPERATION_MAX_ATTEMPTS` (see `shared::config::OperationLimits`).
+pub fn operation_limits(env: &Env) -> worker::Result<shared::config::OperationLimits> {
+    shared::config::OperationLimits::from_vars(|name| env.var(name).ok().map(|v| v.to_string()))
+        .map_err(|e| worker::Error::RustError(e.to_string()))
+}

@@ -8,6 +8,7 @@ pub mod config;
 pub mod d1_source;
 pub mod http;
 pub mod meta;
+pub mod operations;
 pub mod r2_store;
 pub mod reports;
 
@@ -21,6 +22,10 @@ pub mod bindings {
     pub const BACKUP_QUEUE: &str = "BACKUP_QUEUE";
     /// The queue of weekly-archive messages (consumed by the archiver).
     pub const ARCHIVE_QUEUE: &str = "ARCHIVE_QUEUE";
+    /// The queue of verifications and restores (consumed by the consumer).
+    pub const RESTORE_QUEUE: &str = "RESTORE_QUEUE";
+    /// The scratch D1 database verifications restore into; it holds nothing else.
+    pub const VERIFY_DB: &str = "VERIFY_DB";
 }
 
 /// The current time, from the Workers clock.

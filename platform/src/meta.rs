@@ -199,6 +199,23 @@ pub struct RunView {
     /// Where the next step resumes; internal, never shown by the API.
     #[serde(skip_serializing)]
     pub checkpoint: Option<String>,
+    /// The dump's latest verification: `pending`, `verifying`, `verified`, `verify_failed` or
+    /// `skipped` (`None` before the dump exists, or for dumps older than verification).
+    #[serde(default)]
+    pub verify_state: Option<String>,
+    /// The operation that verifies (or verified) the dump.
+    #[serde(default)]
+    pub verify_operation: Option<String>,
+    /// The first table that differed.
+    #[serde(default)]
+    pub verify_table: Option<String>,
+    /// What was wrong, what matched, or why verification was skipped.
+    #[serde(default)]
+    pub verify_detail: Option<String>,
+    #[serde(default, rename(serialize = "verifyMillis"))]
+    pub verify_ms: Option<u64>,
+    #[serde(default)]
+    pub verified_at: Option<String>,
     /// Every delivery of every step, oldest first.
     #[serde(default)]
     pub history: Vec<AttemptView>,
@@ -249,7 +266,8 @@ pub struct JobView {
 }
 
 const RUN_COLUMNS: &str = "id, database, state, attempts, r2_key, bytes, rows, tables, sha256, error, \
-                           queued_at, started_at, finished_at, step, bookmark, checkpoint";
+                           queued_at, started_at, finished_at, step, bookmark, checkpoint, verify_state, \
+                           verify_operation, verify_table, verify_detail, verify_ms, verified_at";
 
 async fn job_view(db: &D1Database, job: JobRow) -> Result<JobView> {
     let runs: Vec<RunView> = statement(
@@ -325,6 +343,7 @@ pub async fn find_run(db: &D1Database, job_id: &Uuid, database: &str) -> Result<
 pub enum Leased {
     Run,
     ArchiveJob,
+    Operation,
 }
 
 /// Takes a row for one delivery: marks it running, counts the attempt and leases it to
@@ -343,6 +362,7 @@ pub async fn acquire_lease(
     let table = match leased {
         Leased::Run => "runs",
         Leased::ArchiveJob => "archive_jobs",
+        Leased::Operation => "operations",
     };
     let now = timestamp(now);
     let result = statement(
@@ -350,7 +370,7 @@ pub async fn acquire_lease(
         &format!(
             "UPDATE {table} SET state = 'running', attempts = attempts + 1, error = NULL, \
                lease_owner = ?3, lease_until = ?4, started_at = coalesce(started_at, ?5), updated_at = ?5 \
-             WHERE id = ?1 AND step = ?2 AND state NOT IN ('succeeded', 'dead') \
+             WHERE id = ?1 AND step = ?2 AND state NOT IN ('succeeded', 'failed', 'dead') \
                AND (lease_until IS NULL OR lease_until < ?5 OR lease_owner = ?3)"
         ),
         &[text(id), number(u64::from(step)), text(owner), text(&timestamp(lease_until)), text(&now)],
@@ -544,11 +564,11 @@ pub async fn succeed_run(
         statement(db, "DELETE FROM backup_tables WHERE key = ?1", &[text(&r2_key)])?,
         attempt_row,
     ];
-    for table in &summary.tables {
+    for (position, table) in summary.tables.iter().enumerate() {
         statements.push(statement(
             db,
-            "INSERT INTO backup_tables (key, table_name, rows) VALUES (?1, ?2, ?3)",
-            &[text(&r2_key), text(&table.name), number(table.rows)],
+            "INSERT INTO backup_tables (key, table_name, rows, sha256, position) VALUES (?1, ?2, ?3, ?4, ?5)",
+            &[text(&r2_key), text(&table.name), number(table.rows), text(&table.sha256), number(position as u64)],
         )?);
     }
     db.batch(statements).await?;

@@ -11,10 +11,12 @@ use worker::*;
 
 mod backups;
 mod reads;
+mod restores;
 mod weekly;
 
 use backups::*;
 use reads::*;
+use restores::*;
 use weekly::*;
 
 #[event(fetch)]
@@ -64,13 +66,18 @@ async fn route(req: &mut Request, env: &Env) -> Result<Response> {
         (Method::Get, ["dead-letters"]) => dead_letters(req, env).await,
         (Method::Get, ["restore-guide", database]) => restore_guide(req, env, database).await,
         (Method::Post, ["runs", id, "retry"]) => retry_run(env, id).await,
+        (Method::Post, ["runs", id, "verify"]) => verify_run(env, id).await,
+        (Method::Post, ["restore"]) => restore(req, env).await,
+        (Method::Get, ["operations"]) => recent_operations(req, env).await,
+        (Method::Get, ["operations", id]) => operation(env, id).await,
         (Method::Post, ["archive"]) => archive(req, env).await,
         (Method::Post, ["cleanup"]) => cleanup(env).await,
         (Method::Get, ["download", "weekly", week]) => download_weekly(env, week).await,
         (Method::Get, ["download", date, database]) => download_daily(env, date, database).await,
         (_, ["trigger"]) | (_, ["status"]) | (_, ["jobs", _]) | (_, ["archive"]) | (_, ["cleanup"])
         | (_, ["download", _, _]) | (_, ["list"]) | (_, ["restore-guide", _]) | (_, ["runs", _, "retry"])
-        | (_, ["jobs"]) | (_, ["dead-letters"]) | (_, ["openapi.json"]) | (_, ["metrics"]) => {
+        | (_, ["jobs"]) | (_, ["dead-letters"]) | (_, ["openapi.json"]) | (_, ["metrics"])
+        | (_, ["runs", _, "verify"]) | (_, ["restore"]) | (_, ["operations"]) | (_, ["operations", _]) => {
             error(405, "method_not_allowed", "method not allowed on this path")
         }
         _ => error(404, "not_found", format!("no endpoint at {path}")),

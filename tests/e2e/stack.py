@@ -60,6 +60,8 @@ class Stack:
         # The producer's ENVIRONMENT: "local" accepts fault injection, "production" refuses it.
         self.environment = environment
         self.generated_configs: list[Path] = []
+        # The consumer's config copy, when one is written: it binds the extra databases.
+        self.consumer_config: str | None = None
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -102,20 +104,21 @@ class Stack:
         """Writes the config copies this stack needs; returns the environment naming them."""
         fan = [f"fan{i:02d}" for i in range(1, self.extra_databases + 1)]
         entries = "".join(f'{name} = "DB_{name.upper()}"\n' for name in fan)
+        fan_bindings = "".join(
+            f'\n[[d1_databases]]\nbinding = "DB_{name.upper()}"\ndatabase_name = "{name}"\n'
+            f'database_id = "00000000-0000-4000-8000-000000000{200 + i:03d}"\n'
+            for i, name in enumerate(fan, start=1))
         env = {}
         if fan or self.databases is not None or self.all_vars:
             producer = override_vars(self.only_databases((ROOT / "wrangler.toml").read_text()), self.all_vars)
-            env["PRODUCER_CONFIG"] = self.write_copy("wrangler.toml", producer.replace(
-                "[vars.DATABASES]\n", "[vars.DATABASES]\n" + entries, 1))
+            producer = producer.replace("[vars.DATABASES]\n", "[vars.DATABASES]\n" + entries, 1)
+            env["PRODUCER_CONFIG"] = self.write_copy("wrangler.toml", producer + fan_bindings)
         if fan or self.consumer_vars or self.databases is not None or self.all_vars:
             consumer = self.only_databases((ROOT / "consumer/wrangler.toml").read_text())
             consumer = override_vars(consumer, {**self.all_vars, **self.consumer_vars})
             consumer = consumer.replace("[vars.DATABASES]\n", "[vars.DATABASES]\n" + entries, 1)
-            consumer += "".join(
-                f'\n[[d1_databases]]\nbinding = "DB_{name.upper()}"\ndatabase_name = "{name}"\n'
-                f'database_id = "00000000-0000-4000-8000-000000000{200 + i:03d}"\n'
-                for i, name in enumerate(fan, start=1))
-            env["CONSUMER_CONFIG"] = self.write_copy("consumer/wrangler.toml", consumer)
+            consumer += fan_bindings
+            env["CONSUMER_CONFIG"] = self.consumer_config = self.write_copy("consumer/wrangler.toml", consumer)
         if self.archiver_vars or self.all_vars:
             archiver = override_vars((ROOT / "archiver/wrangler.toml").read_text(), {**self.all_vars, **self.archiver_vars})
             env["ARCHIVER_CONFIG"] = self.write_copy("archiver/wrangler.toml", archiver)

@@ -384,8 +384,9 @@ async fn plan_schema<S: SqlSource, C: Clock>(meter: &mut Meter<'_, S, C>) -> Res
     if !plan.tables.is_empty() {
         let references = meter
             .query(
+                // D1 refuses any look into its own `_cf_` tables, even their foreign keys.
                 "SELECT m.name, f.\"table\" FROM sqlite_master AS m, pragma_foreign_key_list(m.name) AS f \
-                 WHERE m.type = 'table' ORDER BY m.rowid",
+                 WHERE m.type = 'table' AND m.name NOT LIKE '\\_cf\\_%' ESCAPE '\\' ORDER BY m.rowid",
             )
             .await?;
         let edges: Vec<(String, String)> = references.iter().map(|r| (text(r, 0), text(r, 1))).collect();

@@ -15,6 +15,7 @@
 pub mod extract;
 pub mod operation;
 pub mod reader;
+pub mod request;
 pub mod statements;
 pub mod verify;
 
@@ -220,7 +221,8 @@ async fn begin<T: SqlTarget>(target: &mut T, plan: &RestorePlan) -> Result<Resto
             let referring = target
                 .query(&format!(
                     "SELECT DISTINCT m.name FROM sqlite_master AS m, pragma_foreign_key_list(m.name) AS f \
-                     WHERE m.type = 'table' AND f.\"table\" = {t} COLLATE NOCASE AND m.name <> {t} COLLATE NOCASE",
+                     WHERE m.type = 'table' AND m.name NOT LIKE '\\_cf\\_%' ESCAPE '\\' \
+                       AND f.\"table\" = {t} COLLATE NOCASE AND m.name <> {t} COLLATE NOCASE",
                     t = string_literal(table)
                 ))
                 .await?;

@@ -70,6 +70,8 @@ pub struct DumpReader {
     to_skip: u64,
     hash: ResumableSha256,
     eof: bool,
+    /// The object's size, asked once per reader: R2 refuses a range that starts at the end.
+    size: Option<u64>,
 }
 
 impl DumpReader {
@@ -88,6 +90,7 @@ impl DumpReader {
             to_skip: if gzip { from.skip } else { 0 },
             hash: from.hash.clone(),
             eof: false,
+            size: None,
         }
     }
 
@@ -130,9 +133,22 @@ impl DumpReader {
             }
             let before = self.buffer.len();
             if self.compressed.is_empty() {
-                let chunk = store.get_range(&self.key, self.fetch_at, FETCH_BYTES).await?.ok_or_else(|| {
-                    ReadError::Corrupt(format!("{} is missing from the bucket", self.key))
-                })?;
+                let size = match self.size {
+                    Some(size) => size,
+                    None => {
+                        let size = store.head(&self.key).await?.ok_or_else(|| {
+                            ReadError::Corrupt(format!("{} is missing from the bucket", self.key))
+                        })?;
+                        *self.size.insert(size)
+                    }
+                };
+                let chunk = if self.fetch_at >= size {
+                    Vec::new()
+                } else {
+                    store.get_range(&self.key, self.fetch_at, FETCH_BYTES).await?.ok_or_else(|| {
+                        ReadError::Corrupt(format!("{} is missing from the bucket", self.key))
+                    })?
+                };
                 // Bytes fetched again after a resume were hashed by an earlier step.
                 let hashed_to = self.hash.len();
                 let end = self.fetch_at + chunk.len() as u64;

@@ -168,11 +168,18 @@ impl ObjectStore for MemoryStore {
 
     async fn get_range(&mut self, key: &str, offset: u64, length: u64) -> Result<Option<Vec<u8>>, PortError> {
         self.call("get_range")?;
-        Ok(self.objects.get(key).map(|(bytes, _)| {
-            let start = (offset as usize).min(bytes.len());
-            let end = start.saturating_add(length as usize).min(bytes.len());
-            bytes[start..end].to_vec()
-        }))
+        match self.objects.get(key) {
+            // As R2 (local and remote): a range must start inside the object.
+            Some((bytes, _)) if offset as usize >= bytes.len() && !bytes.is_empty() => {
+                Err(PortError(format!("get_range of {key} at {offset}: past the end ({} bytes)", bytes.len())))
+            }
+            Some((bytes, _)) => {
+                let start = offset as usize;
+                let end = start.saturating_add(length as usize).min(bytes.len());
+                Ok(Some(bytes[start..end].to_vec()))
+            }
+            None => Ok(None),
+        }
     }
 
     async fn head(&mut self, key: &str) -> Result<Option<u64>, PortError> {

@@ -1,0 +1,450 @@
+//! Verifications and restores in the metadata database (`operations`), the verification state
+//! of runs, and the locks that give one operation a database to itself across its steps.
+
+use crate::meta::{number, opt_text, statement, text, timestamp};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use shared::dump::sql::{ident, string_literal};
+use shared::dump::TableCount;
+use shared::restore::extract::ArchivedDump;
+use shared::restore::operation::{DumpSource, OperationKind, OperationOutcome, OperationPlan};
+use shared::restore::DumpObject;
+use uuid::Uuid;
+use worker::wasm_bindgen::JsValue;
+use worker::{D1Database, Result};
+
+fn changed_one(result: &worker::D1Result) -> Result<bool> {
+    Ok(result.meta()?.and_then(|m| m.changes).unwrap_or(0) == 1)
+}
+
+/// An operation to record.
+pub struct NewOperation<'a> {
+    pub plan: &'a OperationPlan,
+    pub source_key: &'a str,
+    pub database: &'a str,
+    pub run_id: Option<&'a str>,
+    pub archive_key: Option<&'a str>,
+    pub target: Option<&'a str>,
+    pub pre_backup_job_id: Option<Uuid>,
+}
+
+/// Records a queued operation; for a verification, marks its run's verification pending.
+pub async fn create_operation(db: &D1Database, op: &NewOperation<'_>, now: DateTime<Utc>) -> Result<()> {
+    let at = timestamp(now);
+    let kind = match op.plan.kind {
+        OperationKind::Verify => "verify",
+        OperationKind::Restore => "restore",
+    };
+    let plan_json = serde_json::to_string(op.plan).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let mut statements = vec![statement(
+        db,
+        "INSERT INTO operations (id, kind, state, source_key, database, run_id, archive_key, target, table_name, \
+           pre_backup_job_id, plan, requested_at, updated_at) \
+         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+        &[
+            text(&op.plan.id),
+            text(kind),
+            text(op.source_key),
+            text(op.database),
+            opt_text(op.run_id),
+            opt_text(op.archive_key),
+            opt_text(op.target),
+            opt_text(op.plan.table.as_deref()),
+            opt_text(op.pre_backup_job_id.map(|id| id.to_string()).as_deref()),
+            text(&plan_json),
+            text(&at),
+        ],
+    )?];
+    if let (OperationKind::Verify, Some(run_id)) = (op.plan.kind, op.run_id) {
+        statements.push(statement(
+            db,
+            "UPDATE runs SET verify_state = 'pending', verify_operation = ?2, verify_table = NULL, \
+               verify_detail = NULL, verify_ms = NULL WHERE id = ?1",
+            &[text(run_id), text(&op.plan.id)],
+        )?);
+    }
+    db.batch(statements).await?;
+    Ok(())
+}
+
+/// Records why a run's dump is not verified.
+pub async fn skip_verification(db: &D1Database, run_id: &str, reason: &str) -> Result<()> {
+    statement(
+        db,
+        "UPDATE runs SET verify_state = 'skipped', verify_detail = ?2, verify_operation = NULL, verify_table = NULL \
+         WHERE id = ?1",
+        &[text(run_id), text(reason)],
+    )?
+    .run()
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))]
+pub struct OperationView {
+    pub id: String,
+    pub kind: String,
+    pub state: String,
+    pub source_key: String,
+    pub database: String,
+    pub run_id: Option<String>,
+    pub archive_key: Option<String>,
+    pub target: Option<String>,
+    pub table_name: Option<String>,
+    pub pre_backup_job_id: Option<String>,
+    pub step: u32,
+    pub attempts: u32,
+    #[serde(skip_serializing)]
+    pub failures: u32,
+    /// JSON text (shown parsed by the API).
+    #[serde(skip_serializing)]
+    pub outcome: Option<String>,
+    pub failed_table: Option<String>,
+    pub error: Option<String>,
+    pub requested_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    #[serde(skip_serializing)]
+    pub plan: String,
+    #[serde(skip_serializing)]
+    pub checkpoint: Option<String>,
+}
+
+impl OperationView {
+    pub fn plan(&self) -> std::result::Result<OperationPlan, String> {
+        serde_json::from_str(&self.plan).map_err(|e| format!("unreadable operation plan: {e}"))
+    }
+
+    pub fn is_final(&self) -> bool {
+        matches!(self.state.as_str(), "succeeded" | "failed" | "dead")
+    }
+
+    /// The API's view, with the outcome parsed.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(object) = value.as_object_mut() {
+            let outcome = self.outcome.as_deref().and_then(|o| serde_json::from_str(o).ok());
+            object.insert("outcome".into(), outcome.unwrap_or(serde_json::Value::Null));
+        }
+        value
+    }
+}
+
+const COLUMNS: &str = "id, kind, state, source_key, database, run_id, archive_key, target, table_name, \
+                       pre_backup_job_id, step, attempts, failures, outcome, failed_table, error, requested_at, \
+                       started_at, finished_at, plan, checkpoint";
+
+pub async fn get_operation(db: &D1Database, id: &str) -> Result<Option<OperationView>> {
+    statement(db, &format!("SELECT {COLUMNS} FROM operations WHERE id = ?1"), &[text(id)])?.first(None).await
+}
+
+/// The newest operations first.
+pub async fn recent_operations(db: &D1Database, limit: u32) -> Result<Vec<OperationView>> {
+    statement(
+        db,
+        &format!("SELECT {COLUMNS} FROM operations ORDER BY requested_at DESC, id LIMIT ?1"),
+        &[number(u64::from(limit))],
+    )?
+    .all()
+    .await?
+    .results()
+}
+
+/// Records that `from_step` finished; false if another delivery recorded it first. A
+/// verification's run shows `verifying` from its first step on.
+pub async fn save_operation_checkpoint(
+    db: &D1Database,
+    op: &OperationView,
+    from_step: u32,
+    checkpoint: &str,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let results = db
+        .batch(vec![
+            statement(
+                db,
+                "UPDATE operations SET step = ?2 + 1, checkpoint = ?3, failures = 0, error = NULL, updated_at = ?4, \
+                   lease_owner = NULL, lease_until = NULL \
+                 WHERE id = ?1 AND step = ?2 AND state NOT IN ('succeeded', 'failed', 'dead')",
+                &[text(&op.id), number(u64::from(from_step)), text(checkpoint), text(&timestamp(now))],
+            )?,
+            statement(
+                db,
+                "UPDATE runs SET verify_state = 'verifying' WHERE verify_operation = ?1 AND verify_state = 'pending'",
+                &[text(&op.id)],
+            )?,
+        ])
+        .await?;
+    changed_one(&results[0])
+}
+
+/// Records a failed delivery: `retrying`, or `dead` when the attempts are spent. A dead
+/// verification leaves its run `verify_failed`: a dump nobody could check is not verified.
+pub async fn fail_operation(db: &D1Database, op: &OperationView, error: &str, dead: bool, now: DateTime<Utc>) -> Result<()> {
+    let at = timestamp(now);
+    let mut statements = vec![statement(
+        db,
+        "UPDATE operations SET state = ?2, failures = failures + 1, error = ?3, updated_at = ?4, \
+           finished_at = CASE WHEN ?2 = 'dead' THEN ?4 END, lease_owner = NULL, lease_until = NULL \
+         WHERE id = ?1",
+        &[text(&op.id), text(if dead { "dead" } else { "retrying" }), text(error), text(&at)],
+    )?];
+    if dead {
+        statements.push(verification_result(db, op, "verify_failed", None, &format!("could not verify: {error}"), now)?);
+        statements.push(statement(db, "DELETE FROM locks WHERE owner = ?1", &[text(&op.id)])?);
+    }
+    db.batch(statements).await?;
+    Ok(())
+}
+
+fn verification_result(
+    db: &D1Database,
+    op: &OperationView,
+    state: &str,
+    table: Option<&str>,
+    detail: &str,
+    now: DateTime<Utc>,
+) -> Result<worker::D1PreparedStatement> {
+    let started = op.started_at.as_deref().and_then(|s| DateTime::parse_from_rfc3339(s).ok());
+    let millis = started.map(|s| (now - s.with_timezone(&Utc)).num_milliseconds().max(0) as u64);
+    statement(
+        db,
+        "UPDATE runs SET verify_state = ?2, verify_table = ?3, verify_detail = ?4, verify_ms = ?5, verified_at = ?6 \
+         WHERE id = (SELECT run_id FROM operations WHERE id = ?1 AND kind = 'verify') AND verify_operation = ?1",
+        &[
+            text(&op.id),
+            text(state),
+            opt_text(table),
+            text(detail),
+            millis.map(number).unwrap_or(JsValue::NULL),
+            text(&timestamp(now)),
+        ],
+    )
+}
+
+/// Records how an operation ended; a verification's verdict also goes to its run. Releases
+/// the operation's lock.
+pub async fn finish_operation(db: &D1Database, op: &OperationView, outcome: &OperationOutcome, now: DateTime<Utc>) -> Result<()> {
+    let at = timestamp(now);
+    let (table, error) = match outcome {
+        OperationOutcome::Verified(v) if !v.passed => (v.failed_table.clone(), Some(v.problems.join("; "))),
+        OperationOutcome::Failed { table, message } => (table.clone(), Some(message.clone())),
+        OperationOutcome::Restored(r) if !r.sha256_matches => (
+            None,
+            Some("restored, but the dump's SHA-256 differs from the one recorded when it was stored".to_string()),
+        ),
+        _ => (None, None),
+    };
+    let state = if outcome.succeeded() { "succeeded" } else { "failed" };
+    let outcome_json = serde_json::to_string(outcome).unwrap_or_default();
+    let mut statements = vec![
+        statement(
+            db,
+            "UPDATE operations SET state = ?2, outcome = ?3, failed_table = ?4, error = ?5, finished_at = ?6, \
+               updated_at = ?6, checkpoint = NULL, lease_owner = NULL, lease_until = NULL WHERE id = ?1",
+            &[text(&op.id), text(state), text(&outcome_json), opt_text(table.as_deref()), opt_text(error.as_deref()), text(&at)],
+        )?,
+        statement(db, "DELETE FROM locks WHERE owner = ?1", &[text(&op.id)])?,
+    ];
+    if op.kind == "verify" {
+        let (verdict, detail) = match outcome {
+            OperationOutcome::Verified(v) if v.passed => {
+                ("verified", format!("{} tables and {} rows restored and matched", v.tables, v.rows))
+            }
+            _ => ("verify_failed", error.clone().unwrap_or_default()),
+        };
+        statements.push(verification_result(db, op, verdict, table.as_deref(), &detail, now)?);
+    }
+    db.batch(statements).await?;
+    Ok(())
+}
+
+/// Takes the lock `name` for `owner` until `until`, or extends it; false when another owner
+/// holds it and its lease has not run out.
+pub async fn acquire_lock(db: &D1Database, name: &str, owner: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> Result<bool> {
+    let result = statement(
+        db,
+        "INSERT INTO locks (name, owner, until) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until \
+         WHERE locks.owner = excluded.owner OR locks.until < ?4",
+        &[text(name), text(owner), text(&timestamp(until)), text(&timestamp(now))],
+    )?
+    .run()
+    .await?;
+    changed_one(&result)
+}
+
+/// The tables of a stored backup as its export recorded them, in dump order.
+pub async fn recorded_tables(db: &D1Database, key: &str) -> Result<Vec<TableCount>> {
+    #[derive(Deserialize)]
+    struct Row {
+        table_name: String,
+        rows: u64,
+        sha256: Option<String>,
+    }
+    let rows: Vec<Row> = statement(
+        db,
+        "SELECT table_name, rows, sha256 FROM backup_tables WHERE key = ?1 ORDER BY position, table_name",
+        &[text(key)],
+    )?
+    .all()
+    .await?
+    .results()?;
+    Ok(rows.into_iter().map(|r| TableCount { name: r.table_name, rows: r.rows, sha256: r.sha256.unwrap_or_default() }).collect())
+}
+
+/// A backup chosen to restore or verify, and where its dump can be read.
+#[derive(Debug, Clone)]
+pub struct ResolvedBackup {
+    pub key: String,
+    pub database: String,
+    pub kind: String,
+    pub date: String,
+    pub run_id: Option<String>,
+    pub bytes: u64,
+    pub rows: u64,
+    pub tables: u64,
+    pub source: DumpSource,
+    /// Set when the dump is read out of this weekly archive.
+    pub archive_key: Option<String>,
+}
+
+/// Finds the backup stored at `key`: its own object while it exists (unless `week` asks for
+/// the weekly archive), else its copy in a live weekly archive. `Ok(Err(reason))` when there
+/// is no such backup or no readable copy of it.
+pub async fn resolve_backup(
+    db: &D1Database,
+    key: &str,
+    week: Option<&str>,
+) -> Result<std::result::Result<ResolvedBackup, String>> {
+    #[derive(Deserialize)]
+    struct Row {
+        key: String,
+        database: String,
+        kind: String,
+        date: String,
+        run_id: Option<String>,
+        bytes: u64,
+        rows: u64,
+        tables: u64,
+        sha256: String,
+        deleted_at: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Member {
+        archive_key: String,
+        path: Option<String>,
+        sha256: String,
+    }
+    let row: Option<Row> = statement(
+        db,
+        "SELECT key, database, kind, date, run_id, bytes, rows, tables, sha256, deleted_at FROM backups WHERE key = ?1",
+        &[text(key)],
+    )?
+    .first(None)
+    .await?;
+    let Some(row) = row else {
+        return Ok(Err(format!("no backup is recorded at {key:?}; GET /list shows the backups")));
+    };
+    let mut resolved = ResolvedBackup {
+        key: row.key.clone(),
+        database: row.database,
+        kind: row.kind,
+        date: row.date,
+        run_id: row.run_id,
+        bytes: row.bytes,
+        rows: row.rows,
+        tables: row.tables,
+        source: DumpSource::Stored(DumpObject { gzip: row.key.ends_with(".gz"), key: row.key, sha256: row.sha256 }),
+        archive_key: None,
+    };
+    if row.deleted_at.is_none() && week.is_none() {
+        return Ok(Ok(resolved));
+    }
+    let member: Option<Member> = statement(
+        db,
+        "SELECT m.archive_key, m.path, m.sha256 FROM archive_members AS m JOIN archives AS a ON a.key = m.archive_key \
+         WHERE m.source_key = ?1 AND m.excluded_reason IS NULL AND a.deleted_at IS NULL AND (?2 IS NULL OR a.week = ?2) \
+         ORDER BY a.week DESC LIMIT 1",
+        &[text(key), opt_text(week)],
+    )?
+    .first(None)
+    .await?;
+    match member {
+        Some(Member { archive_key, path: Some(path), sha256 }) => {
+            resolved.source = DumpSource::Archived(ArchivedDump { archive_key: archive_key.clone(), path, sha256 });
+            resolved.archive_key = Some(archive_key);
+            Ok(Ok(resolved))
+        }
+        _ => Ok(Err(match week {
+            Some(week) => format!("the weekly archive of {week} does not hold {key}"),
+            None => format!("{key} was deleted by retention and no live weekly archive holds it"),
+        })),
+    }
+}
+
+/// What a database holds, as a dry run reports it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseContents {
+    /// Tables and their row counts (D1's own `_cf_` tables and SQLite's left out).
+    pub tables: Vec<TableRows>,
+    /// Indexes, views and triggers.
+    pub other_objects: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableRows {
+    pub name: String,
+    pub rows: u64,
+}
+
+impl DatabaseContents {
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty() && self.other_objects == 0
+    }
+}
+
+/// Reads what `db` holds: its objects, then every table's row count in one query.
+pub async fn database_contents(db: &D1Database) -> Result<DatabaseContents> {
+    #[derive(Deserialize)]
+    struct Object {
+        kind: String,
+        name: String,
+    }
+    let objects: Vec<Object> = db
+        .prepare(
+            "SELECT m.type AS kind, m.name FROM sqlite_master AS m \
+             LEFT JOIN pragma_table_list AS t ON t.schema = 'main' AND t.name = m.name \
+             WHERE m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND m.name NOT LIKE '\\_cf\\_%' ESCAPE '\\' \
+               AND m.sql IS NOT NULL AND coalesce(t.type, '') <> 'shadow' ORDER BY m.name",
+        )
+        .all()
+        .await?
+        .results()?;
+    let tables: Vec<&str> = objects.iter().filter(|o| o.kind == "table").map(|o| o.name.as_str()).collect();
+    let counted = if tables.is_empty() {
+        Vec::new()
+    } else {
+        let union: Vec<String> = tables
+            .iter()
+            .map(|t| format!("SELECT {} AS name, count(*) AS rows FROM {}", string_literal(t), ident(t)))
+            .collect();
+        db.prepare(union.join(" UNION ALL ")).all().await?.results()?
+    };
+    Ok(DatabaseContents { other_objects: (objects.len() - tables.len()) as u64, tables: counted })
+}
+
+/// The run behind `run_id`: its state, key and database.
+pub async fn run_backup(db: &D1Database, run_id: &str) -> Result<Option<(String, String, String)>> {
+    #[derive(Deserialize)]
+    struct Row {
+        state: String,
+        r2_key: String,
+        database: String,
+    }
+    let row: Option<Row> =
+        statement(db, "SELECT state, r2_key, database FROM runs WHERE id = ?1", &[text(run_id)])?.first(None).await?;
+    Ok(row.map(|r| (r.state, r.r2_key, r.database)))
+}

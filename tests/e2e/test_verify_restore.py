@@ -1,0 +1,292 @@
+"""Verified backups and restores on the local stack: every new dump is restored into the
+scratch D1 database and checked; dumps damaged in R2 fail verification naming the table, with
+an alert; `POST /restore` restores dailies and weekly-archive members into configured databases,
+dry run by default, backing up a non-empty target first."""
+
+import datetime as dt
+import time
+import uuid
+
+import pytest
+
+from stack import FAST_RETRIES, ROOT, Stack, exact_rows_sql
+
+META = "d1-backup-meta"
+SCRATCH = "d1-backup-verify"
+# Small steps: restores and verifications of Chinook take several queue messages.
+BUDGET = {"EXPORT_MAX_QUERIES": "40", "EXPORT_MAX_MB": "1", "EXPORT_ROWS_PER_QUERY": "500", **FAST_RETRIES}
+USER_OBJECTS = ("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+                "AND name NOT LIKE '\\_cf\\_%' ESCAPE '\\' ORDER BY name")
+USER_TABLES = ("SELECT name FROM sqlite_master WHERE type = 'table' AND sql NOT LIKE 'CREATE VIRTUAL%' "
+               "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_cf\\_%' ESCAPE '\\' "
+               "AND name NOT IN (SELECT name FROM pragma_table_list WHERE type = 'shadow') ORDER BY name")
+
+
+@pytest.fixture(scope="module")
+def stack():
+    # fan01 and fan02: empty configured databases to restore into.
+    s = Stack(ROOT / "target" / "e2e" / f"restore-{uuid.uuid4().hex[:8]}", consumer_vars=BUDGET,
+              extra_databases=2, all_vars=FAST_RETRIES)
+    try:
+        yield s.start()
+    finally:
+        s.stop()
+
+
+def back_up(stack: Stack, database: str) -> dict:
+    r = stack.admin("POST", "/trigger", {"databases": [database]})
+    assert r.status == 202, r.body
+    job = stack.wait_for_job(r.json()["jobId"], timeout=180)
+    assert job["status"] == "completed", job
+    (run,) = job["runs"]
+    return run
+
+
+def wait_for_operation(stack: Stack, operation_id: str, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    op = None
+    while time.monotonic() < deadline:
+        op = stack.admin("GET", f"/operations/{operation_id}").json()
+        if op["state"] in ("succeeded", "failed", "dead"):
+            return op
+        time.sleep(0.5)
+    raise AssertionError(f"operation {operation_id} not final after {timeout}s: {op}\n{stack.log()[-5000:]}")
+
+
+def run_view(stack: Stack, run: dict) -> dict:
+    job_id = stack.d1_query(META, f"SELECT job_id FROM runs WHERE id = '{run['id']}'")[0]["job_id"]
+    (view,) = [r for r in stack.admin("GET", f"/jobs/{job_id}").json()["runs"] if r["id"] == run["id"]]
+    return view
+
+
+def wait_for_verification(stack: Stack, run: dict, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    view = run
+    while time.monotonic() < deadline:
+        view = run_view(stack, run)
+        if view.get("verifyState") in ("verified", "verify_failed", "skipped"):
+            return view
+        time.sleep(0.5)
+    raise AssertionError(f"run {run['id']} not verified after {timeout}s: {view}\n{stack.log()[-5000:]}")
+
+
+def contents(stack: Stack, database: str) -> dict:
+    """Every user table's rows, exactly (storage class and bytes of every value)."""
+    config = stack.consumer_config or "consumer/wrangler.toml"
+    tables = [r["name"] for r in stack.d1_queries(database, [USER_TABLES], config=config)[0]]
+    if not tables:
+        return {}
+    column_lists = stack.d1_queries(database, [
+        f"SELECT name FROM pragma_table_xinfo('{t}') WHERE hidden IN (0, 2, 3)" for t in tables], config=config)
+    without_rowid = {r["name"] for r in stack.d1_queries(
+        database, ["SELECT name FROM pragma_table_list WHERE wr = 1"], config=config)[0]}
+    sqls = [exact_rows_sql(t, [c["name"] for c in cols], t not in without_rowid) for t, cols in zip(tables, column_lists)]
+    rows = stack.d1_queries(database, sqls, config=config)
+    return {t: [list(r.values()) for r in table_rows] for t, table_rows in zip(tables, rows)}
+
+
+def objects(stack: Stack, database: str) -> list:
+    config = stack.consumer_config or "consumer/wrangler.toml"
+    return [(r["type"], r["name"]) for r in stack.d1_queries(database, [USER_OBJECTS], config=config)[0]]
+
+
+def damage(stack: Stack, key: str, change, tmp_path) -> None:
+    """Rewrites an object in the local bucket, as bit rot or a botched copy would."""
+    original = stack.r2_get(key, tmp_path / "original")
+    damaged = tmp_path / "damaged"
+    damaged.write_bytes(change(original))
+    stack.wrangler("r2", "object", "put", f"d1-backups/{key}", "--local", "--file", str(damaged))
+
+
+@pytest.mark.parametrize("database", ["chinook", "hostile", "demo"])
+def test_every_new_backup_is_verified_in_the_scratch_database(stack, database):
+    run = back_up(stack, database)
+    view = wait_for_verification(stack, run)
+    assert view["verifyState"] == "verified", view
+    assert view["verifyMillis"] is not None and view["verifiedAt"]
+    op = wait_for_operation(stack, view["verifyOperation"])
+    outcome = op["outcome"]
+    assert outcome["outcome"] == "verified" and outcome["passed"], op
+    assert outcome["rows"] == run["rows"]
+    assert op["step"] >= 1, "verification ran over several messages"
+    # Digests were recorded per table at export time.
+    digests = stack.d1_query(META, f"SELECT sha256 FROM backup_tables WHERE key = '{run['r2Key']}'")
+    assert digests and all(len(d["sha256"]) == 64 for d in digests)
+    # The scratch database keeps no copy of the data.
+    assert objects(stack, SCRATCH) == []
+
+
+def test_a_changed_byte_fails_verification_naming_the_table_and_alerts(stack, tmp_path):
+    run = back_up(stack, "chinook")
+    assert wait_for_verification(stack, run)["verifyState"] == "verified"
+
+    def change(dump: bytes) -> bytes:
+        at = dump.index(b"'Princess of the Dawn'") + 3
+        return dump[:at] + b"X" + dump[at + 1:]
+    damage(stack, run["r2Key"], change, tmp_path)
+
+    r = stack.admin("POST", f"/runs/{run['id']}/verify")
+    assert r.status == 202, r.body
+    op = wait_for_operation(stack, r.json()["operationId"])
+    assert op["state"] == "failed" and op["failedTable"] == "Track", op
+    assert "SHA-256" in op["error"], op
+    view = run_view(stack, run)
+    assert view["verifyState"] == "verify_failed" and view["verifyTable"] == "Track", view
+    alerts = stack.d1_query(META, f"SELECT message, details FROM alerts WHERE kind = 'verify_failed' AND subject = '{op['id']}'")
+    assert len(alerts) == 1 and "Track" in alerts[0]["message"], alerts
+    assert objects(stack, SCRATCH) == []
+
+
+def test_a_truncated_dump_fails_verification_naming_the_table_it_cuts(stack, tmp_path):
+    run = back_up(stack, "chinook")
+    wait_for_verification(stack, run)
+    cut = {}
+
+    def truncate(dump: bytes) -> bytes:
+        keep = len(dump) * 6 // 10
+        marker = dump[:keep].rindex(b"\n-- Table: ") + len(b"\n-- Table: ")
+        cut["table"] = dump[marker:dump.index(b"\n", marker)].decode()
+        return dump[:keep]
+    damage(stack, run["r2Key"], truncate, tmp_path)
+
+    r = stack.admin("POST", f"/runs/{run['id']}/verify")
+    assert r.status == 202, r.body
+    op = wait_for_operation(stack, r.json()["operationId"])
+    assert op["state"] == "failed" and op["failedTable"] == cut["table"], (op, cut)
+    assert "ends early" in op["error"], op
+    assert run_view(stack, run)["verifyState"] == "verify_failed"
+    assert stack.d1_query(META, f"SELECT count(*) AS n FROM alerts WHERE kind = 'verify_failed' AND subject = '{op['id']}'")[0]["n"] == 1
+
+
+def test_a_dry_run_reports_and_changes_nothing(stack):
+    run = back_up(stack, "chinook")
+    before = contents(stack, "chinook")
+    operations = stack.d1_query(META, "SELECT count(*) AS n FROM operations WHERE kind = 'restore'")[0]["n"]
+    jobs = stack.d1_query(META, "SELECT count(*) AS n FROM jobs")[0]["n"]
+    r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "chinook"})
+    assert r.status == 200, r.body
+    report = r.json()
+    assert report["dryRun"] is True and report["requiresConfirmation"] is True
+    assert report["target"]["empty"] is False
+    assert report["toProceed"] == {"dryRun": False, "confirm": "chinook"}
+    assert any("back up chinook first" in a for a in report["actions"]), report
+    assert report["backup"]["rows"] == run["rows"]
+    # Not even asked to confirm: a real restore over data without "confirm" is refused.
+    refused = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "chinook", "dryRun": False})
+    assert refused.status == 409 and refused.json()["error"] == "confirmation_required", refused.body
+    assert contents(stack, "chinook") == before
+    assert stack.d1_query(META, "SELECT count(*) AS n FROM operations WHERE kind = 'restore'")[0]["n"] == operations
+    assert stack.d1_query(META, "SELECT count(*) AS n FROM jobs")[0]["n"] == jobs
+
+
+def fire_night(stack: Stack, night: dt.date) -> None:
+    at = dt.datetime(night.year, night.month, night.day, 3, tzinfo=dt.timezone.utc)
+    assert stack.fire_cron("0 3 * * *", int(at.timestamp() * 1000)).status == 200
+    requested = at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    for _ in range(240):
+        rows = stack.d1_query(META, f"SELECT id FROM jobs WHERE kind = 'daily' AND requested_at = '{requested}'")
+        if rows:
+            assert stack.wait_for_job(rows[0]["id"], timeout=300)["status"] == "completed"
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no nightly job for {night}")
+
+
+def test_a_weekly_archive_member_restores_into_an_empty_database(stack):
+    night = dt.date.today() - dt.timedelta(days=21)
+    fire_night(stack, night)
+    year, week, _ = night.isocalendar()
+    label = f"{year}-W{week:02d}"
+    r = stack.admin("POST", "/archive", {"week": label})
+    assert r.status == 202, r.body
+    assert stack.wait_for_job(r.json()["jobId"], timeout=300)["status"] == "completed"
+    key = f"daily/{night.isoformat()}/chinook.sql"
+    assert objects(stack, "fan01") == []
+
+    dry = stack.admin("POST", "/restore", {"backup": key, "week": label, "target": "fan01"})
+    assert dry.status == 200, dry.body
+    assert dry.json()["requiresConfirmation"] is False
+    assert dry.json()["backup"]["source"] == {"from": "weekly_archive", "archive": f"weekly/{label}.tar.gz"}
+    r = stack.admin("POST", "/restore", {"backup": key, "week": label, "target": "fan01", "dryRun": False})
+    assert r.status == 202, r.body
+    assert r.json()["preBackupJobId"] is None, "an empty target needs no backup first"
+    op = wait_for_operation(stack, r.json()["operationId"])
+    assert op["state"] == "succeeded", op
+    assert op["archiveKey"] == f"weekly/{label}.tar.gz"
+    assert op["step"] >= 2, "extraction and restore took several messages"
+    assert contents(stack, "fan01") == contents(stack, "chinook")
+    assert objects(stack, "fan01") == objects(stack, "chinook")
+    assert stack.r2_objects("restore-staging/") == {}, "the extracted copy is deleted"
+
+
+def test_a_confirmed_restore_over_data_backs_the_target_up_first(stack):
+    config = stack.consumer_config
+    stack.wrangler("d1", "execute", "fan02", "--local", "--command",
+                   "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes VALUES (1, 'keep me');",
+                   config=config)
+    run = back_up(stack, "hostile")
+    r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan02", "dryRun": False, "confirm": "fan02"})
+    assert r.status == 202, r.body
+    pre_job = r.json()["preBackupJobId"]
+    assert pre_job
+    op = wait_for_operation(stack, r.json()["operationId"])
+    assert op["state"] == "succeeded", op
+    assert op["preBackupJobId"] == pre_job
+    # The backup of fan02 taken first holds what the restore replaced.
+    (pre_run,) = stack.admin("GET", f"/jobs/{pre_job}").json()["runs"]
+    assert pre_run["state"] == "succeeded" and pre_run["finishedAt"] <= op["startedAt"], (pre_run, op)
+    tables = stack.d1_query(META, f"SELECT table_name, rows FROM backup_tables WHERE key = '{pre_run['r2Key']}'")
+    assert tables == [{"table_name": "notes", "rows": 1}]
+    assert contents(stack, "fan02") == contents(stack, "hostile")
+
+
+def test_one_table_restores_alone(stack):
+    run = back_up(stack, "chinook")
+    r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan01", "dryRun": False, "confirm": "fan01"})
+    assert r.status == 202, r.body
+    assert wait_for_operation(stack, r.json()["operationId"])["state"] == "succeeded"
+    config = stack.consumer_config
+    stack.wrangler("d1", "execute", "fan01", "--local", "--command",
+                   "DELETE FROM PlaylistTrack WHERE PlaylistId > 2; UPDATE Genre SET Name = 'kept';", config=config)
+
+    r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan01", "table": "PlaylistTrack",
+                                         "dryRun": False, "confirm": "fan01"})
+    assert r.status == 202, r.body
+    op = wait_for_operation(stack, r.json()["operationId"])
+    assert op["state"] == "succeeded" and op["tableName"] == "PlaylistTrack", op
+    restored = contents(stack, "fan01")
+    source = contents(stack, "chinook")
+    assert restored["PlaylistTrack"] == source["PlaylistTrack"]
+    # Genre's rows: rowid, then class and value of GenreId, then of Name.
+    assert all(row[3] == "text:" + "kept".encode().hex().upper() for row in restored["Genre"]), "other tables untouched"
+
+    # A table other tables refer to cannot come back alone.
+    r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan01", "table": "Genre",
+                                         "dryRun": False, "confirm": "fan01"})
+    assert r.status == 202, r.body
+    op = wait_for_operation(stack, r.json()["operationId"])
+    assert op["state"] == "failed" and "Track" in op["error"], op
+    assert contents(stack, "fan01")["Genre"] == restored["Genre"], "the refusal changed nothing"
+
+
+@pytest.mark.parametrize("body,status,code", [
+    ({"target": "fan01"}, 400, "invalid_body"),
+    ({"backup": "../../etc/passwd", "target": "fan01"}, 400, "invalid_backup"),
+    ({"backup": "daily/2020-01-01/chinook.sql", "target": "fan01"}, 404, "backup_unavailable"),
+    ({"backup": "daily/2020-01-01/chinook.sql", "target": "nowhere"}, 422, "unknown_database"),
+    ({"backup": "daily/2020-01-01/chinook.sql", "target": "fan01", "dryRun": "yes"}, 400, "invalid_body"),
+])
+def test_restore_requests_are_validated(stack, body, status, code):
+    r = stack.admin("POST", "/restore", body)
+    assert (r.status, r.json()["error"]) == (status, code), r.body
+
+
+def test_verify_and_restore_refuse_what_they_cannot_do(stack):
+    assert stack.admin("POST", "/runs/no-such-run/verify").status == 404
+    assert stack.admin("GET", "/operations/no-such-operation").status == 404
+    run = back_up(stack, "demo")
+    r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan01", "table": "no_such_table"})
+    assert (r.status, r.json()["error"]) == (422, "unknown_table"), r.body
+    assert stack.request("POST", f"/runs/{run['id']}/verify", token="e2e-read-token").status == 403
+    listed = stack.admin("GET", "/operations?limit=100").json()["operations"]
+    assert any(o["sourceKey"] == run["r2Key"] and o["kind"] == "verify" for o in listed)
