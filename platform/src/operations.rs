@@ -4,7 +4,7 @@
 use crate::meta::{number, opt_text, statement, text, timestamp};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shared::dump::sql::{ident, string_literal};
+use shared::dump::sql::ident;
 use shared::dump::TableCount;
 use shared::restore::extract::ArchivedDump;
 use shared::restore::operation::{DumpSource, OperationKind, OperationOutcome, OperationPlan};
@@ -424,15 +424,19 @@ pub async fn database_contents(db: &D1Database) -> Result<DatabaseContents> {
         .await?
         .results()?;
     let tables: Vec<&str> = objects.iter().filter(|o| o.kind == "table").map(|o| o.name.as_str()).collect();
-    let counted = if tables.is_empty() {
-        Vec::new()
-    } else {
-        let union: Vec<String> = tables
-            .iter()
-            .map(|t| format!("SELECT {} AS name, count(*) AS rows FROM {}", string_literal(t), ident(t)))
-            .collect();
-        db.prepare(union.join(" UNION ALL ")).all().await?.results()?
-    };
+    // One batch of counts (D1 allows only a few terms in a compound SELECT).
+    #[derive(Deserialize)]
+    struct Count {
+        rows: u64,
+    }
+    let mut counted = Vec::with_capacity(tables.len());
+    if !tables.is_empty() {
+        let counts = tables.iter().map(|t| db.prepare(format!("SELECT count(*) AS rows FROM {}", ident(t)))).collect();
+        for (name, result) in tables.iter().zip(db.batch(counts).await?) {
+            let rows = result.results::<Count>()?.first().map_or(0, |c| c.rows);
+            counted.push(TableRows { name: name.to_string(), rows });
+        }
+    }
     Ok(DatabaseContents { other_objects: (objects.len() - tables.len()) as u64, tables: counted })
 }
 
