@@ -28,6 +28,12 @@ pub struct InventoryItem {
     pub bookmark: Option<String>,
     pub deleted_at: Option<String>,
     pub delete_reason: Option<String>,
+    /// The latest verification of a backup: `pending`, `verifying`, `verified`,
+    /// `verify_failed` or `skipped` (`None` for weekly archives and older backups).
+    pub verify_state: Option<String>,
+    /// The first table that differed, when verification failed.
+    pub verify_table: Option<String>,
+    pub verified_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -38,11 +44,12 @@ pub struct InventoryPage {
     pub next_cursor: Option<String>,
 }
 
-const INVENTORY: &str = "SELECT key, kind, database, date, bytes, sha256, rows, tables, created_at, bookmark, \
-                           deleted_at, delete_reason FROM backups \
+const INVENTORY: &str = "SELECT b.key, b.kind, b.database, b.date, b.bytes, b.sha256, b.rows, b.tables, b.created_at, \
+                           b.bookmark, b.deleted_at, b.delete_reason, r.verify_state, r.verify_table, r.verified_at \
+                         FROM backups AS b LEFT JOIN runs AS r ON r.id = b.run_id \
                          UNION ALL \
                          SELECT key, 'weekly', NULL, date, bytes, sha256, members, NULL, created_at, NULL, \
-                           deleted_at, delete_reason FROM archives";
+                           deleted_at, delete_reason, NULL, NULL, NULL FROM archives";
 
 /// A page of the inventory, newest first (by date, then key), by keyset.
 pub async fn list_inventory(db: &D1Database, query: &ListQuery) -> Result<InventoryPage> {
@@ -223,4 +230,31 @@ pub async fn event_counts(db: &D1Database) -> Result<Vec<(String, String, u64)>>
         .await?
         .results()?;
     Ok(rows.into_iter().map(|r| (r.family, r.label, r.n)).collect())
+}
+
+/// Per database: how its newest backup's verification stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))]
+pub struct DatabaseVerification {
+    pub database: String,
+    pub key: String,
+    pub run_id: String,
+    pub verify_state: Option<String>,
+    pub verify_table: Option<String>,
+    pub verify_detail: Option<String>,
+    pub verified_at: Option<String>,
+}
+
+pub async fn latest_verifications(db: &D1Database) -> Result<Vec<DatabaseVerification>> {
+    db.prepare(
+        "SELECT r.database, r.r2_key AS key, r.id AS run_id, r.verify_state, r.verify_table, r.verify_detail, \
+           r.verified_at \
+         FROM runs AS r \
+         WHERE r.state = 'succeeded' AND r.finished_at = \
+           (SELECT max(finished_at) FROM runs AS n WHERE n.database = r.database AND n.state = 'succeeded') \
+         ORDER BY r.database",
+    )
+    .all()
+    .await?
+    .results()
 }

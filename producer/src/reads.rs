@@ -140,6 +140,7 @@ pub(crate) async fn status(env: &Env) -> Result<Response> {
     let meta_db = env.d1(bindings::META)?;
     let last_job = meta::last_job(&meta_db).await?;
     let storage = reports::storage_totals(&meta_db).await?;
+    let verification = reports::latest_verifications(&meta_db).await?;
     let databases: Vec<String> = config::databases(env)?.into_iter().map(|d| d.name).collect();
     let status = match &last_job {
         None => "no backups yet",
@@ -149,6 +150,12 @@ pub(crate) async fn status(env: &Env) -> Result<Response> {
             shared::state::JobStatus::Partial | shared::state::JobStatus::Failed => "last job had failures",
         },
     };
+    // A newest backup that does not restore to its source's data is as bad as a failed job.
+    let status = if status == "ok" && verification.iter().any(|v| v.verify_state.as_deref() == Some("verify_failed")) {
+        "a backup failed verification"
+    } else {
+        status
+    };
     json(
         200,
         &serde_json::json!({
@@ -157,6 +164,7 @@ pub(crate) async fn status(env: &Env) -> Result<Response> {
             "nextRuns": next_runs(now()),
             "storage": storage,
             "databases": databases,
+            "verification": verification,
         }),
     )
 }
