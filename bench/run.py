@@ -436,6 +436,37 @@ def our_export(stack: Stack) -> dict:
     return result
 
 
+def our_verification(stack: Stack, job_id: str) -> dict:
+    """Waits for the consumer's verification of the job's dump (restored into the scratch
+    database, exported again, compared); its duration as recorded and its wasm memory."""
+    start = time.monotonic()
+    run = {}
+    while time.monotonic() - start < EXPORT_TIMEOUT * 4:
+        try:
+            run = stack.admin("GET", f"/jobs/{job_id}").json()["runs"][0]
+        except OSError:
+            time.sleep(0.5)
+            continue
+        if run.get("verifyState") in ("verified", "verify_failed", "skipped"):
+            break
+        time.sleep(0.5)
+    operation = run.get("verifyOperation")
+    wasm = [int(m) for m in re.findall(rf"operation {operation} .*wasm memory (\d+) MiB",
+                                       stack.log_path.read_text(errors="replace"))] if operation else []
+    steps = None
+    if operation:
+        op = stack.admin("GET", f"/operations/{operation}").json()
+        steps = op.get("step")
+    return {
+        "state": run.get("verifyState"),
+        "detail": run.get("verifyDetail"),
+        "seconds": (run.get("verifyMillis") or 0) / 1000 if run.get("verifyMillis") is not None else None,
+        "waited_seconds": time.monotonic() - start,
+        "steps": steps,
+        "wasm_memory_mib": max(wasm) if wasm else None,
+    }
+
+
 def dev_log_errors(path: Path) -> str:
     """The lines of the wrangler dev log that look like errors (last 40)."""
     try:
@@ -536,6 +567,11 @@ def report(res: dict) -> str:
     ]
     if o.get("dump_check"):
         lines.append(f"- dump read back from local R2: {o['dump_check']}")
+    v = o.get("verification")
+    if v:
+        lines.append(f"- verification (restored into the scratch database, exported again, compared): "
+                     f"**{v.get('state')}** in {fmt(v.get('seconds'), '.1f', ' s')} over {v.get('steps')} step(s), "
+                     f"the consumer's wasm memory {v.get('wasm_memory_mib')} MiB; {v.get('detail')}")
     if run.get("error") or o["status"] != "completed":
         lines += ["", "Run error:", "", "```", str(run.get("error")), "```", "",
                   "wrangler dev log (error lines):", "", "```", res.get("dev_log_errors", ""), "```"]
@@ -634,6 +670,13 @@ def main() -> int:
         problems.append(f"our export did not complete: status {ours['status']}, run {run.get('state')}, "
                         f"error {run.get('error')!r}")
     exports = [entry]
+    if ours["status"] == "completed":
+        log("our verification: waiting for the dump to be restored into the scratch database and compared")
+        ours["verification"] = our_verification(stack, ours["job_id"])
+        v = ours["verification"]
+        log(f"verification {v.get('state')} after {fmt(v.get('seconds'), '.1f', ' s')}")
+        if v.get("state") != "verified":
+            problems.append(f"our dump did not verify: {v}")
     dev_errors = dev_log_errors(stack.log_path)
     stack.stop()
     shutil.copy(stack.log_path, OUT / "wrangler-dev.log")
