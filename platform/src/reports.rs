@@ -212,7 +212,8 @@ pub async fn database_health(db: &D1Database) -> Result<Vec<DatabaseHealth>> {
     .results()
 }
 
-/// Counts for the metrics page: rejected messages, alerts by kind, archive jobs by state.
+/// Counts for the metrics page: rejected messages, alerts by kind, archive jobs by state,
+/// backups by verification state.
 pub async fn event_counts(db: &D1Database) -> Result<Vec<(String, String, u64)>> {
     #[derive(Deserialize)]
     struct Row {
@@ -224,7 +225,9 @@ pub async fn event_counts(db: &D1Database) -> Result<Vec<(String, String, u64)>>
         .prepare(
             "SELECT 'rejected' AS family, queue AS label, count(*) AS n FROM rejected_messages GROUP BY queue \
              UNION ALL SELECT 'alerts', kind, count(*) FROM alerts GROUP BY kind \
-             UNION ALL SELECT 'archive_jobs', state, count(*) FROM archive_jobs GROUP BY state",
+             UNION ALL SELECT 'archive_jobs', state, count(*) FROM archive_jobs GROUP BY state \
+             UNION ALL SELECT 'verifications', verify_state, count(*) FROM runs WHERE verify_state IS NOT NULL \
+               GROUP BY verify_state",
         )
         .all()
         .await?

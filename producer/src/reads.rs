@@ -103,6 +103,10 @@ pub(crate) async fn metrics(env: &Env) -> Result<Response> {
     for (_, state, n) in events.iter().filter(|(f, _, _)| f == "archive_jobs") {
         m.sample("d1_backup_archive_jobs", &[("state", state)], *n as f64);
     }
+    m.family("d1_backup_verifications", "Backups by the state of their latest verification.", MetricType::Gauge);
+    for (_, state, n) in events.iter().filter(|(f, _, _)| f == "verifications") {
+        m.sample("d1_backup_verifications", &[("state", state)], *n as f64);
+    }
     m.family("d1_backup_storage_objects", "Objects stored (not deleted), by kind.", MetricType::Gauge);
     for t in &storage {
         m.sample("d1_backup_storage_objects", &[("kind", &t.kind)], t.count as f64);

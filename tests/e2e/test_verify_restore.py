@@ -290,3 +290,21 @@ def test_verify_and_restore_refuse_what_they_cannot_do(stack):
     assert stack.request("POST", f"/runs/{run['id']}/verify", token="e2e-read-token").status == 403
     listed = stack.admin("GET", "/operations?limit=100").json()["operations"]
     assert any(o["sourceKey"] == run["r2Key"] and o["kind"] == "verify" for o in listed)
+
+
+def test_status_list_and_metrics_show_verification(stack):
+    run = back_up(stack, "hostile")
+    wait_for_verification(stack, run)
+    status = stack.admin("GET", "/status").json()
+    (hostile,) = [v for v in status["verification"] if v["database"] == "hostile"]
+    assert hostile["runId"] == run["id"] and hostile["verifyState"] == "verified", hostile
+    # Chinook's newest backup was damaged and failed verification above... unless a later test
+    # backed it up again; the overall status reflects whichever is newest.
+    chinook = [v for v in status["verification"] if v["database"] == "chinook"]
+    assert (status["status"] == "a backup failed verification") == any(v["verifyState"] == "verify_failed" for v in chinook)
+    items = stack.admin("GET", "/list?database=hostile&limit=1").json()["items"]
+    assert items[0]["key"] == run["r2Key"] and items[0]["verifyState"] == "verified"
+    metrics = stack.admin("GET", "/metrics").body.decode()
+    samples = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line.startswith("d1_backup_verifications{"))
+    assert float(samples['d1_backup_verifications{state="verified"}']) >= 3, samples
+    assert float(samples['d1_backup_verifications{state="verify_failed"}']) >= 2, samples
