@@ -34,6 +34,7 @@ fn plan(summary: &BackupSummary, table: Option<&str>) -> RestorePlan {
         operation: "op-1".into(),
         dump: DumpObject { key: summary.key.clone(), gzip: summary.key.ends_with(".gz"), sha256: summary.sha256.clone() },
         table: table.map(str::to_owned),
+        keep_progress: false,
     }
 }
 
@@ -67,7 +68,7 @@ fn verify(scratch: &Connection, store: &mut MemoryStore, summary: &BackupSummary
     let mut target = RusqliteTarget::new(scratch);
     let mut phase = None;
     for _ in 0..10_000 {
-        let (tick, plan) = (clock(), plan(summary, None));
+        let (tick, plan) = (clock(), RestorePlan { keep_progress: true, ..plan(summary, None) });
         let step = verify_step(&mut target, store, &tick, &plan, &summary.tables, 100, SMALL, phase.take());
         match block_on(step).unwrap() {
             VerifyProgress::Paused(next) => {
@@ -336,6 +337,7 @@ fn a_daily_comes_out_of_a_weekly_archive_over_many_steps_and_restores() {
             operation: "op-1".into(),
             dump: DumpObject { key: dest.key.clone(), gzip, sha256: member.sha256.clone() },
             table: None,
+            keep_progress: false,
         };
         restore(&mut RusqliteTarget::new(&restored), &mut store, &plan).0.unwrap();
         assert_same_data(&source, &restored);
@@ -405,5 +407,47 @@ fn the_reader_resumes_inside_gzip_members_at_any_point() {
         }
         assert!(read == plain, "steps of {step_bytes} bytes read {} of {} bytes", read.len(), plain.len());
         assert_eq!(position.sql_offset, plain.len() as u64);
+    }
+}
+
+
+#[test]
+fn a_verification_whose_scratch_copy_vanished_restores_again() {
+    let mut store = MemoryStore::default();
+    let summary = back_up(&chinook(), &mut store, false);
+    let scratch = Connection::open_in_memory().unwrap();
+    let mut target = RusqliteTarget::new(&scratch);
+    let plan = RestorePlan { keep_progress: true, ..plan(&summary, None) };
+    let mut phase = None;
+    let mut emptied = false;
+    loop {
+        let tick = clock();
+        let step = verify_step(&mut target, &mut store, &tick, &plan, &summary.tables, 100, SMALL, phase.take());
+        match block_on(step).unwrap() {
+            VerifyProgress::Paused(next) => {
+                if matches!(next, shared::restore::verify::VerifyPhase::Exporting { .. }) && !emptied {
+                    // Another verification takes the scratch database and empties it.
+                    scratch.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+                    let tables: Vec<String> = scratch
+                        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'")
+                        .unwrap()
+                        .query_map([], |r| r.get(0))
+                        .unwrap()
+                        .map(Result::unwrap)
+                        .collect();
+                    for t in tables {
+                        scratch.execute_batch(&format!("DROP TABLE \"{t}\"")).unwrap();
+                    }
+                    scratch.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+                    emptied = true;
+                }
+                phase = Some(next);
+            }
+            VerifyProgress::Done(outcome) => {
+                assert!(emptied);
+                assert!(outcome.passed, "{:?}", outcome.problems);
+                return;
+            }
+        }
     }
 }

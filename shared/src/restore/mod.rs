@@ -62,6 +62,10 @@ pub struct RestorePlan {
     pub dump: DumpObject,
     /// Restore only this table (its rows, indexes, triggers and counter); `None`: everything.
     pub table: Option<String>,
+    /// Keep the progress table once done (a verification: it proves the scratch database
+    /// still holds this restore when the copy is exported, and is emptied afterwards anyway).
+    #[serde(default)]
+    pub keep_progress: bool,
 }
 
 /// The part of the dump being read.
@@ -181,7 +185,7 @@ async fn run_batch<T: SqlTarget>(target: &mut T, statements: &[String]) -> Resul
 }
 
 /// The cursor recorded in the target for `operation`, if this operation has begun there.
-async fn recorded_cursor<T: SqlTarget>(target: &mut T, operation: &str) -> Result<Option<RestoreCursor>, PortError> {
+pub(crate) async fn recorded_cursor<T: SqlTarget>(target: &mut T, operation: &str) -> Result<Option<RestoreCursor>, PortError> {
     let exists = target
         .query(&format!("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '{PROGRESS_TABLE}'"))
         .await?;
@@ -396,6 +400,8 @@ pub async fn restore_step<T: SqlTarget, O: ObjectStore, C: Clock>(
     }
     let position = reader.position();
     let sha256_matches = position.hash.hex_digest() == plan.dump.sha256;
-    target.execute_batch(&[format!("DROP TABLE IF EXISTS \"{PROGRESS_TABLE}\"")]).await?;
+    if !plan.keep_progress {
+        target.execute_batch(&[format!("DROP TABLE IF EXISTS \"{PROGRESS_TABLE}\"")]).await?;
+    }
     Ok(RestoreProgress::Finished(RestoreReport { statements: cursor.statements, sql_bytes: position.sql_offset, sha256_matches }))
 }

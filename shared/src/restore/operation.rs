@@ -82,7 +82,12 @@ impl OperationPlan {
     }
 
     fn restore_plan(&self) -> RestorePlan {
-        RestorePlan { operation: self.id.clone(), dump: self.dump(), table: self.table.clone() }
+        RestorePlan {
+            operation: self.id.clone(),
+            dump: self.dump(),
+            table: self.table.clone(),
+            keep_progress: self.kind == OperationKind::Verify,
+        }
     }
 
     /// The first phase.

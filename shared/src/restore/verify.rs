@@ -3,7 +3,7 @@
 //! what the export of the source recorded, and ask SQLite to check the copy's integrity. The
 //! scratch database is emptied before and after, so it never keeps a copy of the data.
 
-use super::{emptying_statements, restore_step, RestoreError, RestorePlan, RestoreProgress, RestoreReport, SqlTarget};
+use super::{emptying_statements, recorded_cursor, restore_step, RestoreError, RestorePlan, RestoreProgress, RestoreReport, SqlTarget};
 use crate::dump::{export_step, DumpOptions, ExportCursor, ExportProgress, ExportTotals, StepBudget, TableCount};
 use crate::ports::{ByteSink, Clock, ObjectStore, PortError};
 use chrono::{TimeZone, Utc};
@@ -80,7 +80,14 @@ pub async fn verify_step<T: SqlTarget, O: ObjectStore, C: Clock>(
                 }));
             }
         },
-        VerifyPhase::Exporting { restored, cursor } => (restored, cursor),
+        VerifyPhase::Exporting { restored, cursor } => {
+            // Another verification may have had the scratch database meanwhile (a lock that ran
+            // out while this one waited to be retried): then this restore is gone, and is redone.
+            match recorded_cursor(scratch, &plan.operation).await? {
+                Some(progress) if progress.done => (restored, cursor),
+                _ => return Ok(VerifyProgress::Paused(VerifyPhase::Restoring)),
+            }
+        }
     };
 
     let mut opts = DumpOptions::new("verification", Utc.timestamp_opt(0, 0).unwrap());
