@@ -36,6 +36,12 @@ DATE = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"}
 WEEK = {"type": "string", "pattern": r"^\d{4}-W\d{2}$"}
 DB = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_-]{0,62}$"}
 UUID = {"type": "string", "format": "uuid"}
+NULLABLE_UUID = {"type": ["string", "null"], "format": "uuid"}
+# A backup key as /list shows it: daily/<date>/<db>.sql[.gz] or manual/<date>/<job>/<db>.sql[.gz].
+KEY = {"type": "string", "pattern": r"^(daily/\d{4}-\d{2}-\d{2}|manual/\d{4}-\d{2}-\d{2}/[0-9a-f-]{36})/[a-z0-9][a-z0-9_-]{0,63}\.sql(\.gz)?$"}
+# The latest verification of a backup's dump (null before the dump exists, for weekly
+# archives, and for dumps older than verification).
+VERIFY_STATE = {"enum": ["pending", "verifying", "verified", "verify_failed", "skipped", None]}
 
 run = {
     "type": "object",
@@ -48,6 +54,8 @@ run = {
         "sha256": NULLABLE_STR, "error": NULLABLE_STR, "queuedAt": {"type": "string"},
         "startedAt": NULLABLE_STR, "finishedAt": NULLABLE_STR, "step": {"type": "integer", "minimum": 0},
         "bookmark": NULLABLE_STR,
+        "verifyState": VERIFY_STATE, "verifyOperation": NULLABLE_UUID, "verifyTable": NULLABLE_STR,
+        "verifyDetail": NULLABLE_STR, "verifyMillis": NULLABLE_INT, "verifiedAt": NULLABLE_STR,
         "history": {"type": "array", "items": {"type": "object", "properties": {
             "step": {"type": "integer"}, "attempt": {"type": "integer"}, "startedAt": {"type": "string"},
             "finishedAt": {"type": "string"},
@@ -87,7 +95,91 @@ item = {
         "database": NULLABLE_STR, "date": DATE, "bytes": {"type": "integer"}, "sha256": {"type": "string"},
         "rows": {"type": "integer"}, "tables": NULLABLE_INT, "createdAt": {"type": "string"},
         "bookmark": NULLABLE_STR, "deletedAt": NULLABLE_STR, "deleteReason": NULLABLE_STR,
+        "verifyState": VERIFY_STATE, "verifyTable": NULLABLE_STR, "verifiedAt": NULLABLE_STR,
     },
+}
+verification = {
+    "type": "object",
+    "required": ["database", "key", "runId", "verifyState", "verifyTable", "verifyDetail", "verifiedAt"],
+    "properties": {
+        "database": {"type": "string"}, "key": {"type": "string"}, "runId": UUID, "verifyState": VERIFY_STATE,
+        "verifyTable": NULLABLE_STR, "verifyDetail": NULLABLE_STR, "verifiedAt": NULLABLE_STR,
+    },
+}
+status = {
+    "type": "object",
+    "required": ["status", "lastJob", "nextRuns", "storage", "databases", "verification"],
+    "properties": {
+        "status": {"enum": ["no backups yet", "ok", "backing up", "last job had failures", "a backup failed verification"]},
+        "lastJob": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Job"}]},
+        "nextRuns": {"type": "array", "items": {"type": "object", "required": ["worker", "cron", "what", "next"], "properties": {
+            "worker": {"type": "string"}, "cron": {"type": "string"}, "what": {"type": "string"}, "next": NULLABLE_STR}}},
+        "storage": {"type": "array", "items": {"type": "object", "required": ["kind", "count", "bytes", "oldest", "newest"], "properties": {
+            "kind": {"enum": ["daily", "manual", "weekly", "all"]}, "count": {"type": "integer", "minimum": 0},
+            "bytes": {"type": "integer", "minimum": 0}, "oldest": NULLABLE_STR, "newest": NULLABLE_STR}}},
+        "databases": {"type": "array", "items": {"type": "string"}},
+        "verification": {"type": "array", "items": {"$ref": "#/components/schemas/DatabaseVerification"}},
+    },
+}
+# How an operation ended (tagged by "outcome"), null until it has.
+outcome = {"oneOf": [
+    {"type": "null"},
+    {"type": "object", "required": ["outcome", "statements", "sqlBytes", "sha256Matches"], "properties": {
+        "outcome": {"const": "restored"}, "statements": {"type": "integer", "minimum": 0},
+        "sqlBytes": {"type": "integer", "minimum": 0}, "sha256Matches": {"type": "boolean"}}},
+    {"type": "object", "required": ["outcome", "passed", "failedTable", "problems", "tables", "rows"], "properties": {
+        "outcome": {"const": "verified"}, "passed": {"type": "boolean"}, "failedTable": NULLABLE_STR,
+        "problems": {"type": "array", "items": {"type": "string"}},
+        "tables": {"type": "integer", "minimum": 0}, "rows": {"type": "integer", "minimum": 0}}},
+    {"type": "object", "required": ["outcome", "table", "message"], "properties": {
+        "outcome": {"const": "failed"}, "table": NULLABLE_STR, "message": {"type": "string"}}},
+]}
+operation = {
+    "type": "object",
+    "required": ["id", "kind", "state", "sourceKey", "database", "runId", "archiveKey", "target", "tableName",
+                 "preBackupJobId", "step", "attempts", "outcome", "failedTable", "error", "requestedAt",
+                 "startedAt", "finishedAt"],
+    "properties": {
+        "id": UUID, "kind": {"enum": ["verify", "restore"]},
+        "state": {"enum": ["queued", "running", "retrying", "succeeded", "failed", "dead"]},
+        "sourceKey": {"type": "string"}, "database": {"type": "string"}, "runId": NULLABLE_UUID,
+        "archiveKey": NULLABLE_STR, "target": NULLABLE_STR, "tableName": NULLABLE_STR, "preBackupJobId": NULLABLE_UUID,
+        "step": {"type": "integer", "minimum": 0}, "attempts": {"type": "integer", "minimum": 0}, "outcome": outcome,
+        "failedTable": NULLABLE_STR, "error": NULLABLE_STR, "requestedAt": {"type": "string"},
+        "startedAt": NULLABLE_STR, "finishedAt": NULLABLE_STR,
+    },
+}
+# What a restore would do (a dry run) or is about to do (queued).
+restore_report = {
+    "backup": {"type": "object", "required": ["key", "database", "kind", "date", "bytes", "tables", "rows", "source"], "properties": {
+        "key": {"type": "string"}, "database": {"type": "string"}, "kind": {"enum": ["daily", "manual"]}, "date": DATE,
+        "bytes": {"type": "integer", "minimum": 0}, "tables": {"type": "integer", "minimum": 0},
+        "rows": {"type": "integer", "minimum": 0},
+        "source": {"oneOf": [
+            {"type": "object", "required": ["from", "key"], "properties": {"from": {"const": "object"}, "key": {"type": "string"}}},
+            {"type": "object", "required": ["from", "archive"], "properties": {
+                "from": {"const": "weekly_archive"}, "archive": {"type": "string"}}}]}}},
+    "target": {"type": "object", "required": ["database", "empty", "contents"], "properties": {
+        "database": {"type": "string"}, "empty": {"type": "boolean"},
+        "contents": {"type": "object", "required": ["tables", "otherObjects"], "properties": {
+            "tables": {"type": "array", "items": {"type": "object", "required": ["name", "rows"], "properties": {
+                "name": {"type": "string"}, "rows": {"type": "integer", "minimum": 0}}}},
+            "otherObjects": {"type": "integer", "minimum": 0}}}}},
+    "table": NULLABLE_STR,
+    "actions": {"type": "array", "items": {"type": "string"}},
+    "requiresConfirmation": {"type": "boolean"},
+}
+REPORT_FIELDS = ["backup", "target", "table", "actions", "requiresConfirmation", "dryRun"]
+dry_run = {
+    "type": "object", "required": REPORT_FIELDS + ["toProceed"],
+    "properties": {**restore_report, "dryRun": {"const": True},
+                   "toProceed": {"type": "object", "required": ["dryRun", "confirm"], "properties": {
+                       "dryRun": {"const": False}, "confirm": NULLABLE_STR}}},
+}
+queued_restore = {
+    "type": "object", "required": REPORT_FIELDS + ["operationId", "status", "preBackupJobId"],
+    "properties": {**restore_report, "dryRun": {"const": False}, "operationId": UUID, "status": {"const": "queued"},
+                   "preBackupJobId": NULLABLE_UUID},
 }
 decision = {"type": "object", "required": ["key", "delete", "reason"],
             "properties": {"key": {"type": "string"}, "delete": {"type": "boolean"}, "reason": {"type": "string"}}}
@@ -95,7 +187,8 @@ decision = {"type": "object", "required": ["key", "delete", "reason"],
 paths = {
     "/": {"get": {"summary": "Worker info", "security": [], "responses": ok("name, version, schedules, retention, databases", {"type": "object"})}},
     "/health": {"get": {"summary": "Liveness", "security": [], "responses": ok("ok", {"type": "object", "properties": {"ok": {"const": True}}})}},
-    "/status": {"get": {"summary": "Last job, next runs, storage totals", "responses": {**ok("status", {"type": "object"}), **READ_ERRORS}}},
+    "/status": {"get": {"summary": "Last job, next runs, storage totals, each database's newest verification",
+                        "responses": {**ok("status", {"$ref": "#/components/schemas/Status"}), **READ_ERRORS}}},
     "/jobs": {"get": {"summary": "Newest backup jobs",
                       "parameters": [q("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "jobs to return (20)")],
                       "responses": {**ok("jobs", {"type": "object", "required": ["jobs"], "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}}}),
@@ -151,6 +244,40 @@ paths = {
                                   "parameters": [p("id", UUID, "run id")],
                                   "responses": {**ok("queued", {"type": "object"}, "202"), "400": err("not a UUID"),
                                                 "404": err("no such run"), "409": err("run not dead"), **ADMIN_ERRORS}}},
+    "/runs/{id}/verify": {"post": {"summary": "Verify a stored backup again (restore it into the scratch database and compare)",
+                                   "parameters": [p("id", UUID, "run id")],
+                                   "responses": {**ok("queued", {"type": "object", "required": ["operationId", "kind", "runId", "backup", "status"],
+                                                                 "properties": {"operationId": UUID, "kind": {"const": "verify"},
+                                                                                "runId": {"type": "string"}, "backup": {"type": "string"},
+                                                                                "status": {"const": "queued"}}}, "202"),
+                                                 "404": err("no such run"), "409": err("run not succeeded, or its dump unavailable"),
+                                                 **ADMIN_ERRORS}}},
+    "/restore": {"post": {"summary": "Restore a backup into a configured database (a dry run unless dryRun is false)",
+                          "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                              "type": "object", "required": ["backup", "target"], "additionalProperties": False,
+                              "properties": {
+                                  "backup": {**KEY, "description": "a key from GET /list"},
+                                  "target": {**DB, "description": "the configured database restored into"},
+                                  "week": {**WEEK, "description": "read the backup out of this week's archive"},
+                                  "table": {"type": "string", "minLength": 1, "maxLength": 1024, "description": "restore this table alone"},
+                                  "dryRun": {"type": "boolean", "default": True, "description": "report what would happen, change nothing"},
+                                  "confirm": {"type": "string", "description": "the target's name again: required over a database that holds anything"}}}}}},
+                          "responses": {**ok("the dry run's report", {"$ref": "#/components/schemas/RestoreDryRun"}),
+                                        **ok("queued (after a backup of the target when it holds anything)",
+                                             {"$ref": "#/components/schemas/RestoreQueued"}, "202"),
+                                        "400": err("bad body"), "404": err("no such backup, or no readable copy of it"),
+                                        "409": err("the target holds data and confirm does not name it"),
+                                        "413": err("body too large"), "422": err("unknown target database or table"),
+                                        **ADMIN_ERRORS}}},
+    "/operations": {"get": {"summary": "Newest verifications and restores",
+                            "parameters": [q("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "operations to return (20)")],
+                            "responses": {**ok("operations", {"type": "object", "required": ["operations"], "properties": {
+                                "operations": {"type": "array", "items": {"$ref": "#/components/schemas/Operation"}}}}),
+                                "400": err("bad parameter"), **READ_ERRORS}}},
+    "/operations/{id}": {"get": {"summary": "A verification or a restore",
+                                 "parameters": [p("id", UUID, "operation id")],
+                                 "responses": {**ok("the operation", {"$ref": "#/components/schemas/Operation"}),
+                                               "404": err("no such operation"), **READ_ERRORS}}},
     "/archive": {"post": {"summary": "Archive a finished ISO week",
                           "requestBody": {"required": True, "content": {"application/json": {"schema": {
                               "type": "object", "required": ["week"], "additionalProperties": False,
@@ -168,7 +295,7 @@ paths = {
 document = {
     "openapi": "3.1.0",
     "info": {"title": "d1-backup", "version": "0.1.0",
-             "description": "Backups of Cloudflare D1 databases: trigger, follow, list, download, restore."},
+             "description": "Backups of Cloudflare D1 databases: trigger, follow, list, download, verify, restore."},
     "security": [{"bearer": []}],
     "paths": paths,
     "components": {
@@ -178,6 +305,8 @@ document = {
             "Error": {"type": "object", "required": ["error", "message"],
                       "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
             "Run": run, "Job": job, "ArchiveJob": archive_job, "InventoryItem": item,
+            "Status": status, "DatabaseVerification": verification, "Operation": operation,
+            "RestoreDryRun": dry_run, "RestoreQueued": queued_restore,
         },
     },
 }
