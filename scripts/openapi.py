@@ -250,7 +250,7 @@ paths = {
                                                                  "properties": {"operationId": UUID, "kind": {"const": "verify"},
                                                                                 "runId": {"type": "string"}, "backup": {"type": "string"},
                                                                                 "status": {"const": "queued"}}}, "202"),
-                                                 "404": err("no such run"), "409": err("run not succeeded, or its dump unavailable"),
+                                                 "400": err("run id not a UUID"), "404": err("no such run"), "409": err("run not succeeded, or its dump unavailable"),
                                                  **ADMIN_ERRORS}}},
     "/restore": {"post": {"summary": "Restore a backup into a configured database (a dry run unless dryRun is false)",
                           "requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -277,7 +277,7 @@ paths = {
     "/operations/{id}": {"get": {"summary": "A verification or a restore",
                                  "parameters": [p("id", UUID, "operation id")],
                                  "responses": {**ok("the operation", {"$ref": "#/components/schemas/Operation"}),
-                                               "404": err("no such operation"), **READ_ERRORS}}},
+                                               "400": err("operation id not a UUID"), "404": err("no such operation"), **READ_ERRORS}}},
     "/archive": {"post": {"summary": "Archive a finished ISO week",
                           "requestBody": {"required": True, "content": {"application/json": {"schema": {
                               "type": "object", "required": ["week"], "additionalProperties": False,

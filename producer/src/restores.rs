@@ -36,6 +36,9 @@ fn plan(env: &Env, id: &str, kind: OperationKind, backup: &ResolvedBackup, table
 
 /// `POST /runs/:id/verify`: verifies a stored backup again (202 with the operation).
 pub(crate) async fn verify_run(env: &Env, run_id: &str) -> Result<Response> {
+    if Uuid::parse_str(run_id).is_err() {
+        return error(400, "invalid_run_id", "run id must be a UUID");
+    }
     let meta_db = env.d1(bindings::META)?;
     let Some((state, key, _)) = operations::run_backup(&meta_db, run_id).await? else {
         return error(404, "not_found", format!("no run {run_id}"));
@@ -189,6 +192,9 @@ pub(crate) async fn restore(req: &mut Request, env: &Env) -> Result<Response> {
 
 /// `GET /operations/:id`.
 pub(crate) async fn operation(env: &Env, id: &str) -> Result<Response> {
+    if Uuid::parse_str(id).is_err() {
+        return error(400, "invalid_operation_id", "operation id must be a UUID");
+    }
     let meta_db = env.d1(bindings::META)?;
     match operations::get_operation(&meta_db, id).await? {
         Some(op) => json(200, &op.to_json()),

@@ -142,7 +142,7 @@ def test_verification_and_restore_answer_as_documented(contract_stack):
     again = d.call("POST", f"/runs/{run['id']}/verify", "/runs/{id}/verify", status=202)
     assert again["runId"] == run["id"] and again["backup"] == run["r2Key"], again
     d.call("POST", f"/runs/{NO_SUCH_ID}/verify", "/runs/{id}/verify", status=404)
-    d.call("POST", "/runs/not-a-uuid/verify", "/runs/{id}/verify", status=404)
+    d.call("POST", "/runs/not-a-uuid/verify", "/runs/{id}/verify", status=400)
 
     key = run["r2Key"]
     dry = d.call("POST", "/restore", "/restore", {"backup": key, "target": "demo"}, 200)
@@ -169,7 +169,7 @@ def test_verification_and_restore_answer_as_documented(contract_stack):
     d.call("GET", "/operations?limit=0", "/operations", status=400)
     d.call("GET", "/operations?limit=101", "/operations", status=400)
     d.call("GET", "/operations?other=1", "/operations", status=400)
-    d.call("GET", "/operations/not-a-uuid", "/operations/{id}", status=404)
+    d.call("GET", "/operations/not-a-uuid", "/operations/{id}", status=400)
 
 
 def test_schemathesis_finds_no_server_errors(contract_stack, tmp_path):

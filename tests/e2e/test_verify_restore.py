@@ -282,8 +282,10 @@ def test_restore_requests_are_validated(stack, body, status, code):
 
 
 def test_verify_and_restore_refuse_what_they_cannot_do(stack):
-    assert stack.admin("POST", "/runs/no-such-run/verify").status == 404
-    assert stack.admin("GET", "/operations/no-such-operation").status == 404
+    assert stack.admin("POST", "/runs/no-such-run/verify").status == 400
+    assert stack.admin("POST", f"/runs/{uuid.uuid4()}/verify").status == 404
+    assert stack.admin("GET", "/operations/no-such-operation").status == 400
+    assert stack.admin("GET", f"/operations/{uuid.uuid4()}").status == 404
     run = back_up(stack, "demo")
     r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan01", "table": "no_such_table"})
     assert (r.status, r.json()["error"]) == (422, "unknown_table"), r.body
