@@ -1,6 +1,8 @@
 // Drives the operator dashboard in Debian's Chromium through playwright-core, as an operator
 // would: enter the token, see the jobs, press "Back up now", watch the new job's runs all
-// succeed, and check the page fits a 375-px-wide phone. Run by tests/e2e/test_dashboard.py.
+// succeed, wait (through the API) until every new backup is verified and see the page say so
+// (per database, in the job, in the backup history and among the restores and verifications),
+// and check the page fits a 375-px-wide phone. Run by tests/e2e/test_dashboard.py.
 //
 //   node tests/e2e/dashboard_check.mjs BASE_URL TOKEN SCREENSHOT.png [--expect-refused]
 //
@@ -17,9 +19,31 @@ if (!base || !token || !screenshot) {
 const expectRefused = mode === '--expect-refused';
 const executablePath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const JOB_TIMEOUT_MS = Number(process.env.DASHBOARD_JOB_TIMEOUT_MS || 120000);
+const VERIFY_TIMEOUT_MS = Number(process.env.DASHBOARD_VERIFY_TIMEOUT_MS || 180000);
+const FINAL_VERIFY_STATES = ['verified', 'verify_failed', 'skipped'];
+
+// The API as the test sees it (not through the page).
+async function apiGet(path) {
+  const response = await fetch(new URL(path, base), { headers: { Authorization: 'Bearer ' + token, Accept: 'application/json' } });
+  const body = await response.json().catch(() => null);
+  if (!response.ok) throw new Error(`GET ${path} answered ${response.status}: ${JSON.stringify(body)}`);
+  return body;
+}
 
 function check(condition, message) {
   if (!condition) throw new Error(message);
+}
+
+// Retries `probe` (which answers {ok, detail}) until it holds: the page polls every 3 s, so
+// it may lag the API by one poll while other work (such as earlier verifications) moves on.
+async function eventually(what, probe, timeoutMs = 30000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const result = await probe();
+    if (result.ok) return result;
+    check(Date.now() < deadline, `${what}: ${result.detail}`);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
 }
 
 const report = { mode: expectRefused ? 'refused' : 'admin', screenshot };
@@ -65,7 +89,7 @@ try {
     check(await page.locator('#app').isHidden(), 'data sections are visible after a refused token');
     report.jobCards = await page.locator('[data-job-id]').count();
     check(report.jobCards === 0, 'job rows are shown after a refused token');
-    check(await page.evaluate(() => document.querySelectorAll('#jobs *, #dead-letters *, #storage *, #history-items *').length) === 0,
+    check(await page.evaluate(() => document.querySelectorAll('#jobs *, #dead-letters *, #storage *, #history-items *, #databases *, #operations *, #service-status *').length) === 0,
       'data remains in the page after a refused token');
     check(await page.evaluate(() => Object.keys(sessionStorage).length) === 0, 'a refused token was kept in sessionStorage');
   } else {
@@ -113,9 +137,103 @@ try {
     check(cells.some((t) => /\d (B|KiB|MiB|GiB)$/.test(t.trim())), `no human size in the run row: ${cells.join(' | ')}`);
     check(cells.some((t) => /\d (ms|s)$|min \d/.test(t.trim())), `no duration in the run row: ${cells.join(' | ')}`);
 
-    // The history of the first database draws its size trend.
+    // Every new backup is verified (restored into the scratch database and compared): wait for
+    // that through the API, then see the page show it.
+    let apiRuns = [];
+    const verifyDeadline = Date.now() + VERIFY_TIMEOUT_MS;
+    for (;;) {
+      apiRuns = (await apiGet('/jobs/' + encodeURIComponent(jobId))).runs;
+      if (apiRuns.every((r) => FINAL_VERIFY_STATES.includes(r.verifyState))) break;
+      check(Date.now() < verifyDeadline, `the new job's backups were not verified within ${VERIFY_TIMEOUT_MS} ms: ` +
+        apiRuns.map((r) => r.database + '=' + r.verifyState).join(', '));
+      await page.waitForTimeout(500);
+    }
+    report.verifiedAfterMs = Date.now() - clickedAt;
+    report.apiVerifyStates = Object.fromEntries(apiRuns.map((r) => [r.database, r.verifyState]));
+    check(apiRuns.every((r) => r.verifyState === 'verified' && r.verifyOperation),
+      `not every new backup was verified: ${JSON.stringify(apiRuns.map((r) => [r.database, r.verifyState, r.verifyTable, r.verifyDetail]))}`);
+    report.verifiedRuns = apiRuns.map((r) => ({ database: r.database, runId: r.id, key: r.r2Key, operation: r.verifyOperation }));
+
+    // Databases: each one's newest backup is this job's, shown verified with what matched.
+    const pageWait = { timeout: 30000, polling: 250 };
+    await page.waitForFunction((runs) => runs.every((r) => {
+      const row = document.querySelector(`#database-verification tr[data-database="${CSS.escape(r.database)}"]`);
+      return row && row.dataset.runId === r.runId && row.dataset.verifyState === 'verified';
+    }), report.verifiedRuns, pageWait).catch(() => {});
+    report.databases = await page.locator('#database-verification tbody tr').evaluateAll((rows) => rows.map((row) => ({
+      database: row.dataset.database, runId: row.dataset.runId || null, state: row.dataset.verifyState,
+      badge: (row.querySelector('[data-verify-badge]') || {}).textContent || null,
+      text: row.innerText.replace(/\s+/g, ' ').trim(),
+    })));
+    for (const r of report.verifiedRuns) {
+      const shown = report.databases.find((d) => d.database === r.database);
+      check(shown, `the Databases section has no row for ${r.database}: ${JSON.stringify(report.databases)}`);
+      check(shown.runId === r.runId && shown.state === 'verified' && shown.badge === 'verified',
+        `the Databases section does not show ${r.database}'s new backup verified: ${JSON.stringify(shown)}`);
+      check(/tables and [\d,]+ rows restored and matched/.test(shown.text), `no verification detail for ${r.database}: ${shown.text}`);
+      check(shown.text.includes(r.key), `the Databases section does not name ${r.key}: ${shown.text}`);
+    }
+    await eventually('the page shows another overall status than GET /status', async () => {
+      const shown = (await page.locator('#service-status').innerText()).trim();
+      const api = (await apiGet('/status')).status;
+      report.serviceStatus = shown;
+      return { ok: shown === api, detail: `page "${shown}", API "${api}"` };
+    });
+
+    // The job's runs show their verification.
+    await page.waitForFunction((id) => {
+      const cells = [...document.querySelectorAll(`#jobs [data-job-id="${id}"] td[data-verify-state]`)];
+      return cells.length > 0 && cells.every((c) => c.dataset.verifyState === 'verified');
+    }, jobId, pageWait).catch(() => {});
+    const runBadges = await card.locator('td[data-verify-state]').evaluateAll((cells) => cells.map((c) => [c.dataset.verifyState, c.textContent.trim()]));
+    check(runBadges.length === apiRuns.length && runBadges.every(([s, t]) => s === 'verified' && t === 'verified'),
+      `the job's runs do not all show "verified": ${JSON.stringify(runBadges)}`);
+    report.runVerifyBadges = runBadges.length;
+
+    // Restores and verifications: each verification, succeeded, of this job's backup.
+    await page.waitForFunction((runs) => runs.every((r) => {
+      const row = document.querySelector(`#operations-table tr[data-operation-id="${CSS.escape(r.operation)}"]`);
+      return row && row.dataset.operationState === 'succeeded';
+    }), report.verifiedRuns, pageWait).catch(() => {});
+    report.operations = await page.locator('#operations-table tbody tr').evaluateAll((rows) => rows.map((row) => ({
+      id: row.dataset.operationId, kind: row.dataset.operationKind, state: row.dataset.operationState,
+      sourceKey: row.dataset.sourceKey, text: row.innerText.replace(/\s+/g, ' ').trim(),
+    })));
+    for (const r of report.verifiedRuns) {
+      const op = report.operations.find((o) => o.id === r.operation);
+      check(op, `the verification ${r.operation} of ${r.key} is not among the operations shown`);
+      check(op.kind === 'verify' && op.state === 'succeeded' && op.sourceKey === r.key,
+        `the verification of ${r.key} is shown wrongly: ${JSON.stringify(op)}`);
+      check(/Verification/.test(op.text) && /succeeded/.test(op.text) && op.text.includes(r.key) && /rows matched/.test(op.text),
+        `the verification row lacks its kind, state, backup or result: ${op.text}`);
+    }
+    await eventually('the operations shown differ from GET /operations', async () => {
+      const api = (await apiGet('/operations?limit=20')).operations.map((o) => [o.id, o.kind, o.state, o.sourceKey]);
+      const shown = await page.locator('#operations-table tbody tr').evaluateAll((rows) => rows.map((row) =>
+        [row.dataset.operationId, row.dataset.operationKind, row.dataset.operationState, row.dataset.sourceKey]));
+      return { ok: JSON.stringify(api) === JSON.stringify(shown), detail: `page ${JSON.stringify(shown)}, API ${JSON.stringify(api)}` };
+    });
+
+    // The history of the first database draws its size trend, and lists the new backup verified.
     await page.locator('#history-chart svg circle').first().waitFor({ timeout: 30000 });
     report.historyPoints = await page.locator('#history-chart svg circle').count();
+    const historyDb = await page.locator('#history').getAttribute('data-database');
+    const historyRun = report.verifiedRuns.find((r) => r.database === historyDb);
+    check(historyRun, `the history shows ${historyDb}, which the new job did not back up`);
+    if (await page.locator('#history-more').count() && /Show all/.test(await page.locator('#history-more').textContent())) {
+      await page.locator('#history-more').click();
+    }
+    const historyRow = page.locator(`#history-items tr[data-key="${historyRun.key}"] td[data-verify-state]`);
+    await page.waitForFunction((key) => {
+      const cell = document.querySelector(`#history-items tr[data-key="${CSS.escape(key)}"] td[data-verify-state]`);
+      return cell && cell.dataset.verifyState === 'verified';
+    }, historyRun.key, pageWait).catch(() => {});
+    check(await historyRow.count() === 1, `the history table has no row for ${historyRun.key}`);
+    report.historyVerification = (await historyRow.textContent()).trim();
+    check(report.historyVerification === 'verified' && await historyRow.getAttribute('data-verify-state') === 'verified',
+      `the history row of ${historyRun.key} shows "${report.historyVerification}"`);
+    const hoverText = await historyRow.locator('[data-verify-badge]').getAttribute('title');
+    check(/restored and matched/.test(hoverText || ''), `the history badge gives no detail on hover: ${hoverText}`);
     report.deadLettersShown = await page.locator('#dead-letters').isVisible();
     const shown = await page.locator('#app').innerText();
     const stray = shown.match(/\b(null|undefined|NaN|\[object \w+\])/);

@@ -1,5 +1,7 @@
 """The operator dashboard in a real browser (Debian's Chromium driven by playwright-core): the
-token prompt, live jobs, "Back up now" to success, a phone-sized viewport, and a refused token."""
+token prompt, live jobs, "Back up now" to success, each new backup's verification (per database,
+per run, in the history and among the restores and verifications), a phone-sized viewport, and a
+refused token."""
 
 import json
 import os
@@ -32,7 +34,7 @@ def run_check(base: str, token: str, screenshot: Path, *extra: str) -> dict:
         old.unlink()
     result = subprocess.run(
         [node(), str(SCRIPT), base, token, str(screenshot), *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=480,
         env={**os.environ, "CHROMIUM_PATH": CHROMIUM},
     )
     lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
@@ -52,6 +54,23 @@ def test_operator_backs_up_from_the_dashboard(roomy_stack):
     job = roomy_stack.admin("GET", f"/jobs/{report['jobId']}").json()
     assert job["status"] == "completed" and all(r["state"] == "succeeded" for r in job["runs"]), job
     assert report["historyPoints"] >= 1, report
+    # Every new backup was verified, and the page showed it as the API has it.
+    runs = {r["database"]: r for r in job["runs"]}
+    verified = {r["database"]: r for r in report["verifiedRuns"]}
+    assert verified.keys() == runs.keys(), report
+    for database, run in runs.items():
+        assert run["verifyState"] == "verified" and run["verifiedAt"], run
+        assert verified[database]["runId"] == run["id"] and verified[database]["operation"] == run["verifyOperation"], report
+        op = roomy_stack.admin("GET", f"/operations/{run['verifyOperation']}").json()
+        assert op["kind"] == "verify" and op["state"] == "succeeded" and op["sourceKey"] == run["r2Key"], op
+        (item,) = [i for i in roomy_stack.admin("GET", f"/list?database={database}&limit=100").json()["items"]
+                   if i["key"] == run["r2Key"]]
+        assert item["verifyState"] == "verified", item
+    shown = {d["database"]: d for d in report["databases"]}
+    assert shown.keys() == set(roomy_stack.admin("GET", "/status").json()["databases"]), report
+    assert all(shown[db]["badge"] == "verified" for db in runs), report
+    assert report["runVerifyBadges"] == len(runs), report
+    assert report["historyVerification"] == "verified", report
     assert report["phone"]["scrollWidth"] <= 375, report
     for path in (shot, SHOTS / "dashboard-phone.png"):
         assert path.stat().st_size > 10_000, path
