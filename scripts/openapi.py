@@ -95,7 +95,7 @@ item = {
         "database": NULLABLE_STR, "date": DATE, "bytes": {"type": "integer"}, "sha256": {"type": "string"},
         "rows": {"type": "integer"}, "tables": NULLABLE_INT, "createdAt": {"type": "string"},
         "bookmark": NULLABLE_STR, "deletedAt": NULLABLE_STR, "deleteReason": NULLABLE_STR,
-        "verifyState": VERIFY_STATE, "verifyTable": NULLABLE_STR, "verifiedAt": NULLABLE_STR,
+        "verifyState": VERIFY_STATE, "verifyTable": NULLABLE_STR, "verifyDetail": NULLABLE_STR, "verifiedAt": NULLABLE_STR,
     },
 }
 verification = {

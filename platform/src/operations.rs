@@ -250,7 +250,8 @@ pub async fn finish_operation(db: &D1Database, op: &OperationView, outcome: &Ope
     if op.kind == "verify" {
         let (verdict, detail) = match outcome {
             OperationOutcome::Verified(v) if v.passed => {
-                ("verified", format!("{} tables and {} rows restored and matched", v.tables, v.rows))
+                let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+                ("verified", format!("{} and {} restored and matched", plural(v.tables, "table", "tables"), plural(v.rows, "row", "rows")))
             }
             _ => ("verify_failed", error.clone().unwrap_or_default()),
         };

@@ -33,6 +33,8 @@ pub struct InventoryItem {
     pub verify_state: Option<String>,
     /// The first table that differed, when verification failed.
     pub verify_table: Option<String>,
+    /// What matched, what was wrong, or why verification was skipped.
+    pub verify_detail: Option<String>,
     pub verified_at: Option<String>,
 }
 
@@ -45,11 +47,12 @@ pub struct InventoryPage {
 }
 
 const INVENTORY: &str = "SELECT b.key, b.kind, b.database, b.date, b.bytes, b.sha256, b.rows, b.tables, b.created_at, \
-                           b.bookmark, b.deleted_at, b.delete_reason, r.verify_state, r.verify_table, r.verified_at \
+                           b.bookmark, b.deleted_at, b.delete_reason, r.verify_state, r.verify_table, r.verify_detail, \
+                           r.verified_at \
                          FROM backups AS b LEFT JOIN runs AS r ON r.id = b.run_id \
                          UNION ALL \
                          SELECT key, 'weekly', NULL, date, bytes, sha256, members, NULL, created_at, NULL, \
-                           deleted_at, delete_reason, NULL, NULL, NULL FROM archives";
+                           deleted_at, delete_reason, NULL, NULL, NULL, NULL FROM archives";
 
 /// A page of the inventory, newest first (by date, then key), by keyset.
 pub async fn list_inventory(db: &D1Database, query: &ListQuery) -> Result<InventoryPage> {
@@ -253,8 +256,8 @@ pub async fn latest_verifications(db: &D1Database) -> Result<Vec<DatabaseVerific
         "SELECT r.database, r.r2_key AS key, r.id AS run_id, r.verify_state, r.verify_table, r.verify_detail, \
            r.verified_at \
          FROM runs AS r \
-         WHERE r.state = 'succeeded' AND r.finished_at = \
-           (SELECT max(finished_at) FROM runs AS n WHERE n.database = r.database AND n.state = 'succeeded') \
+         WHERE r.id = (SELECT n.id FROM runs AS n WHERE n.database = r.database AND n.state = 'succeeded' \
+                       ORDER BY n.finished_at DESC, n.id DESC LIMIT 1) \
          ORDER BY r.database",
     )
     .all()
