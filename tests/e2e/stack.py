@@ -201,6 +201,33 @@ class Stack:
             time.sleep(0.5)
         raise AssertionError(f"job {job_id} not final after {timeout}s: {job}\n{self.log()}")
 
+    def wait_for_operation(self, operation_id: str, timeout: float = 240.0) -> dict:
+        """Polls a verification or restore until it is final; returns it."""
+        deadline = time.monotonic() + timeout
+        op = None
+        while time.monotonic() < deadline:
+            op = self.admin("GET", f"/operations/{operation_id}").json()
+            if op["state"] in ("succeeded", "failed", "dead"):
+                return op
+            time.sleep(0.5)
+        raise AssertionError(f"operation {operation_id} not final after {timeout}s: {op}\n{self.log()}")
+
+    def run_night(self, night, timeout: float = 120.0) -> dict:
+        """Fires the nightly cron as if scheduled at 03:00 UTC of `night` (a date); waits for
+        its job to complete and returns it."""
+        import datetime as dt
+        at = dt.datetime(night.year, night.month, night.day, 3, tzinfo=dt.timezone.utc)
+        assert self.fire_cron("0 3 * * *", int(at.timestamp() * 1000)).status == 200
+        requested = at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        for _ in range(240):
+            rows = self.d1_query("d1-backup-meta", f"SELECT id FROM jobs WHERE kind = 'daily' AND requested_at = '{requested}'")
+            if rows:
+                job = self.wait_for_job(rows[0]["id"], timeout=timeout)
+                assert job["status"] == "completed", job
+                return job
+            time.sleep(0.5)
+        raise AssertionError(f"no nightly job for {night}:\n{self.log()}")
+
     def fire_cron(self, cron: str, when_ms: int) -> Response:
         from urllib.parse import urlencode
         return self.request("GET", "/cdn-cgi/handler/scheduled?" + urlencode({"cron": cron, "time": when_ms}))

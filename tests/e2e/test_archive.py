@@ -33,21 +33,6 @@ def week_label(monday: dt.date) -> str:
     return f"{year}-W{week:02d}"
 
 
-def run_night(stack: Stack, night: dt.date) -> dict:
-    """Fires the nightly cron as if scheduled at 03:00 UTC of `night`; waits for its job."""
-    at = dt.datetime(night.year, night.month, night.day, 3, tzinfo=dt.timezone.utc)
-    assert stack.fire_cron("0 3 * * *", int(at.timestamp() * 1000)).status == 200
-    requested = at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    for _ in range(120):
-        rows = stack.d1_query(META, f"SELECT id FROM jobs WHERE kind = 'daily' AND requested_at = '{requested}'")
-        if rows:
-            job = stack.wait_for_job(rows[0]["id"], timeout=120)
-            assert job["status"] == "completed", job
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"no nightly job for {night}:\n{stack.log()}")
-
-
 def archive(stack: Stack, week: str, body_extra: dict | None = None) -> dict:
     response = stack.admin("POST", "/archive", {"week": week, **(body_extra or {})})
     assert response.status == 202, response.body
@@ -78,7 +63,7 @@ def history(tmp_path_factory):
     try:
         first.start()
         for night in ANCIENT_NIGHTS:
-            run_night(first, night)
+            first.run_night(night)
     finally:
         first.stop()
     second = Stack(state_dir, consumer_vars=ROOMY_BUDGET, databases=["demo", "hostile"],
@@ -87,7 +72,7 @@ def history(tmp_path_factory):
         second.start()
         dailies = {}
         for night in NIGHTS + [YESTERDAY]:
-            for run in run_night(second, night)["runs"]:
+            for run in second.run_night(night)["runs"]:
                 assert run["state"] == "succeeded", run
         # The dailies' bytes, before retention deletes them, as the API serves them.
         for night in NIGHTS:

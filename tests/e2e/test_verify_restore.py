@@ -42,17 +42,6 @@ def back_up(stack: Stack, database: str) -> dict:
     return run
 
 
-def wait_for_operation(stack: Stack, operation_id: str, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    op = None
-    while time.monotonic() < deadline:
-        op = stack.admin("GET", f"/operations/{operation_id}").json()
-        if op["state"] in ("succeeded", "failed", "dead"):
-            return op
-        time.sleep(0.5)
-    raise AssertionError(f"operation {operation_id} not final after {timeout}s: {op}\n{stack.log()[-5000:]}")
-
-
 def run_view(stack: Stack, run: dict) -> dict:
     job_id = stack.d1_query(META, f"SELECT job_id FROM runs WHERE id = '{run['id']}'")[0]["job_id"]
     (view,) = [r for r in stack.admin("GET", f"/jobs/{job_id}").json()["runs"] if r["id"] == run["id"]]
@@ -104,7 +93,7 @@ def test_every_new_backup_is_verified_in_the_scratch_database(stack, database):
     view = wait_for_verification(stack, run)
     assert view["verifyState"] == "verified", view
     assert view["verifyMillis"] is not None and view["verifiedAt"]
-    op = wait_for_operation(stack, view["verifyOperation"])
+    op = stack.wait_for_operation(view["verifyOperation"])
     outcome = op["outcome"]
     assert outcome["outcome"] == "verified" and outcome["passed"], op
     assert outcome["rows"] == run["rows"]
@@ -127,7 +116,7 @@ def test_a_changed_byte_fails_verification_naming_the_table_and_alerts(stack, tm
 
     r = stack.admin("POST", f"/runs/{run['id']}/verify")
     assert r.status == 202, r.body
-    op = wait_for_operation(stack, r.json()["operationId"])
+    op = stack.wait_for_operation(r.json()["operationId"])
     assert op["state"] == "failed" and op["failedTable"] == "Track", op
     assert "SHA-256" in op["error"], op
     view = run_view(stack, run)
@@ -151,7 +140,7 @@ def test_a_truncated_dump_fails_verification_naming_the_table_it_cuts(stack, tmp
 
     r = stack.admin("POST", f"/runs/{run['id']}/verify")
     assert r.status == 202, r.body
-    op = wait_for_operation(stack, r.json()["operationId"])
+    op = stack.wait_for_operation(r.json()["operationId"])
     assert op["state"] == "failed" and op["failedTable"] == cut["table"], (op, cut)
     assert "ends early" in op["error"], op
     assert run_view(stack, run)["verifyState"] == "verify_failed"
@@ -179,22 +168,9 @@ def test_a_dry_run_reports_and_changes_nothing(stack):
     assert stack.d1_query(META, "SELECT count(*) AS n FROM jobs")[0]["n"] == jobs
 
 
-def fire_night(stack: Stack, night: dt.date) -> None:
-    at = dt.datetime(night.year, night.month, night.day, 3, tzinfo=dt.timezone.utc)
-    assert stack.fire_cron("0 3 * * *", int(at.timestamp() * 1000)).status == 200
-    requested = at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    for _ in range(240):
-        rows = stack.d1_query(META, f"SELECT id FROM jobs WHERE kind = 'daily' AND requested_at = '{requested}'")
-        if rows:
-            assert stack.wait_for_job(rows[0]["id"], timeout=300)["status"] == "completed"
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"no nightly job for {night}")
-
-
 def test_a_weekly_archive_member_restores_into_an_empty_database(stack):
     night = dt.date.today() - dt.timedelta(days=21)
-    fire_night(stack, night)
+    stack.run_night(night, timeout=300)
     year, week, _ = night.isocalendar()
     label = f"{year}-W{week:02d}"
     r = stack.admin("POST", "/archive", {"week": label})
@@ -210,7 +186,7 @@ def test_a_weekly_archive_member_restores_into_an_empty_database(stack):
     r = stack.admin("POST", "/restore", {"backup": key, "week": label, "target": "fan01", "dryRun": False})
     assert r.status == 202, r.body
     assert r.json()["preBackupJobId"] is None, "an empty target needs no backup first"
-    op = wait_for_operation(stack, r.json()["operationId"])
+    op = stack.wait_for_operation(r.json()["operationId"])
     assert op["state"] == "succeeded", op
     assert op["archiveKey"] == f"weekly/{label}.tar.gz"
     assert op["step"] >= 2, "extraction and restore took several messages"
@@ -229,7 +205,7 @@ def test_a_confirmed_restore_over_data_backs_the_target_up_first(stack):
     assert r.status == 202, r.body
     pre_job = r.json()["preBackupJobId"]
     assert pre_job
-    op = wait_for_operation(stack, r.json()["operationId"])
+    op = stack.wait_for_operation(r.json()["operationId"])
     assert op["state"] == "succeeded", op
     assert op["preBackupJobId"] == pre_job
     # The backup of fan02 taken first holds what the restore replaced.
@@ -244,7 +220,7 @@ def test_one_table_restores_alone(stack):
     run = back_up(stack, "chinook")
     r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan01", "dryRun": False, "confirm": "fan01"})
     assert r.status == 202, r.body
-    assert wait_for_operation(stack, r.json()["operationId"])["state"] == "succeeded"
+    assert stack.wait_for_operation(r.json()["operationId"])["state"] == "succeeded"
     config = stack.consumer_config
     stack.wrangler("d1", "execute", "fan01", "--local", "--command",
                    "DELETE FROM PlaylistTrack WHERE PlaylistId > 2; UPDATE Genre SET Name = 'kept';", config=config)
@@ -252,7 +228,7 @@ def test_one_table_restores_alone(stack):
     r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan01", "table": "PlaylistTrack",
                                          "dryRun": False, "confirm": "fan01"})
     assert r.status == 202, r.body
-    op = wait_for_operation(stack, r.json()["operationId"])
+    op = stack.wait_for_operation(r.json()["operationId"])
     assert op["state"] == "succeeded" and op["tableName"] == "PlaylistTrack", op
     restored = contents(stack, "fan01")
     source = contents(stack, "chinook")
@@ -264,7 +240,7 @@ def test_one_table_restores_alone(stack):
     r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan01", "table": "Genre",
                                          "dryRun": False, "confirm": "fan01"})
     assert r.status == 202, r.body
-    op = wait_for_operation(stack, r.json()["operationId"])
+    op = stack.wait_for_operation(r.json()["operationId"])
     assert op["state"] == "failed" and "Track" in op["error"], op
     assert contents(stack, "fan01")["Genre"] == restored["Genre"], "the refusal changed nothing"
 
