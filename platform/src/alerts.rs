@@ -84,13 +84,9 @@ pub async fn record_job_outcome(env: &Env, db: &D1Database, job_id: &str, now: D
 }
 
 /// Thresholds of the cron checks (`ALERT_STALE_HOURS`, `ALERT_SHRINK_PERCENT`).
-pub fn thresholds(env: &Env) -> AlertThresholds {
-    let default = AlertThresholds::default();
-    let var = |name: &str| env.var(name).ok().map(|v| v.to_string());
-    AlertThresholds {
-        stale_hours: var("ALERT_STALE_HOURS").and_then(|v| v.parse().ok()).unwrap_or(default.stale_hours),
-        shrink_percent: var("ALERT_SHRINK_PERCENT").and_then(|v| v.parse().ok()).unwrap_or(default.shrink_percent),
-    }
+pub fn thresholds(env: &Env) -> Result<AlertThresholds> {
+    AlertThresholds::from_vars(|name| env.var(name).ok().map(|v| v.to_string()))
+        .map_err(|e| worker::Error::RustError(e.to_string()))
 }
 
 /// Sends unsent alerts to every configured webhook. Returns how many were delivered.
@@ -209,7 +205,7 @@ async fn post(hook: &Webhook, body: &serde_json::Value) -> std::result::Result<(
 /// is raised once (see `Alert::subject`). Returns the alerts newly recorded.
 pub async fn run_cron_checks(env: &Env, db: &D1Database, databases: &[String], now: DateTime<Utc>) -> Result<Vec<Alert>> {
     use shared::alerts::{comparison_alerts, stale_alerts, BackupFacts};
-    let thresholds = thresholds(env);
+    let thresholds = thresholds(env)?;
     #[derive(Deserialize)]
     struct Last {
         database: String,

@@ -176,6 +176,27 @@ impl Default for AlertThresholds {
     }
 }
 
+impl AlertThresholds {
+    /// Reads the thresholds from vars (`None` when unset), refusing nonsense as the other
+    /// readers of `config` do: a typo must not silently change what is watched.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<AlertThresholds, crate::config::ConfigError> {
+        let default = AlertThresholds::default();
+        let stale_hours = crate::config::read_count(&get, "ALERT_STALE_HOURS", default.stale_hours, 8760)?;
+        let shrink_percent = match get("ALERT_SHRINK_PERCENT") {
+            None => default.shrink_percent,
+            Some(text) => match text.trim().parse::<f64>() {
+                Ok(v) if v > 0.0 && v <= 100.0 => v,
+                _ => {
+                    return Err(crate::config::ConfigError(format!(
+                        "ALERT_SHRINK_PERCENT must be a number above 0 and at most 100, not {text:?}"
+                    )))
+                }
+            },
+        };
+        Ok(AlertThresholds { stale_hours, shrink_percent })
+    }
+}
+
 /// A configured database with no successful backup for longer than the threshold (or never,
 /// once it has been configured that long). One alert per database per day at most.
 pub fn stale_alerts(
@@ -411,5 +432,21 @@ mod tests {
         after.bytes = 900;
         after.schema = before.schema.clone();
         assert!(comparison_alerts("a", &before, &after, AlertThresholds::default()).is_empty());
+    }
+
+    #[test]
+    fn thresholds_default_and_refuse_nonsense() {
+        assert_eq!(AlertThresholds::from_vars(|_| None).unwrap(), AlertThresholds::default());
+        let set = AlertThresholds::from_vars(|n| match n {
+            "ALERT_STALE_HOURS" => Some("48".into()),
+            "ALERT_SHRINK_PERCENT" => Some("12.5".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(set, AlertThresholds { stale_hours: 48, shrink_percent: 12.5 });
+        for (name, bad) in [("ALERT_STALE_HOURS", "36h"), ("ALERT_STALE_HOURS", "0"), ("ALERT_SHRINK_PERCENT", "twenty"), ("ALERT_SHRINK_PERCENT", "150")] {
+            let err = AlertThresholds::from_vars(|n| (n == name).then(|| bad.to_string())).unwrap_err();
+            assert!(err.0.contains(name), "{err}");
+        }
     }
 }

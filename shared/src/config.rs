@@ -227,7 +227,7 @@ impl RetryPolicy {
 }
 
 /// Reads a whole-number var within `1..=max`, or its default when unset.
-fn read_count(get: &impl Fn(&str) -> Option<String>, name: &str, default: u32, max: u32) -> Result<u32, ConfigError> {
+pub(crate) fn read_count(get: &impl Fn(&str) -> Option<String>, name: &str, default: u32, max: u32) -> Result<u32, ConfigError> {
     match get(name) {
         None => Ok(default),
         Some(text) => match text.trim().parse::<u32>() {
