@@ -278,8 +278,9 @@ def test_status_list_and_metrics_show_verification(stack):
     assert hostile["runId"] == run["id"] and hostile["verifyState"] == "verified", hostile
     failed = any(v["verifyState"] == "verify_failed" for v in status["verification"])
     assert (status["status"] == "a backup failed verification") == failed, status
-    items = stack.admin("GET", "/list?database=hostile&limit=1").json()["items"]
-    assert items[0]["key"] == run["r2Key"] and items[0]["verifyState"] == "verified"
+    items = stack.admin("GET", "/list?database=hostile&limit=1000").json()["items"]
+    (item,) = [i for i in items if i["key"] == run["r2Key"]]
+    assert item["verifyState"] == "verified" and "restored and matched" in item["verifyDetail"], item
     metrics = stack.admin("GET", "/metrics").body.decode()
     samples = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line.startswith("d1_backup_verifications{"))
     assert float(samples['d1_backup_verifications{state="verified"}']) >= 3, samples
