@@ -42,13 +42,12 @@ async fn try_start_verification(
     summary: &BackupSummary,
 ) -> Result<()> {
     let configured = config::databases(env)?;
-    let skip = if !configured.iter().any(|d| d.name == database && d.verify) {
-        Some("verification is turned off for this database (\"verify\": false in DATABASES)".to_string())
-    } else if env.d1(bindings::VERIFY_DB).is_err() {
-        Some(format!("no {} binding: bind an empty scratch D1 database to verify dumps", bindings::VERIFY_DB))
-    } else {
-        config::operation_limits(env)?.verifies(summary.bytes).err()
-    };
+    let has_scratch = env.d1(bindings::VERIFY_DB).is_ok();
+    let skip = config::operation_limits(env)?.skip_reason(
+        configured.iter().find(|d| d.name == database),
+        has_scratch,
+        summary.bytes,
+    );
     if let Some(reason) = skip {
         console_log!("run {run_id}: not verified: {reason}");
         return operations::skip_verification(meta_db, run_id, &reason).await;

@@ -296,13 +296,20 @@ impl OperationLimits {
         })
     }
 
-    /// Whether a dump of `bytes` is verified; `Err` holds the reason it is not.
-    pub fn verifies(&self, bytes: u64) -> Result<(), String> {
+    /// Why a new dump of `database` (`bytes` long) is not verified, or `None` when it is.
+    /// `has_scratch`: whether the consumer has its scratch database binding.
+    pub fn skip_reason(&self, database: Option<&DatabaseConfig>, has_scratch: bool, bytes: u64) -> Option<String> {
         let limit = u64::from(self.verify_max_mb) * 1024 * 1024;
-        if bytes > limit {
-            Err(format!("the dump is {bytes} bytes, over VERIFY_MAX_MB ({} MiB)", self.verify_max_mb))
-        } else {
-            Ok(())
+        match database {
+            None => Some("the database is no longer configured".into()),
+            Some(d) if !d.verify => Some("verification is turned off for this database (\"verify\": false in DATABASES)".into()),
+            Some(_) if !has_scratch => {
+                Some("no VERIFY_DB binding: bind an empty scratch D1 database to verify dumps".into())
+            }
+            Some(_) if bytes > limit => {
+                Some(format!("the dump is {bytes} bytes, over VERIFY_MAX_MB ({} MiB)", self.verify_max_mb))
+            }
+            Some(_) => None,
         }
     }
 }
@@ -316,8 +323,11 @@ mod tests {
         let dbs = parse_databases(r#"{"a":"DB_A","b":{"binding":"DB_B","verify":false},"c":{"binding":"DB_C"}}"#).unwrap();
         assert_eq!(dbs.iter().map(|d| d.verify).collect::<Vec<_>>(), [true, false, true]);
         let limits = OperationLimits::from_vars(|n| (n == "VERIFY_MAX_MB").then(|| "1".into())).unwrap();
-        assert!(limits.verifies(1024 * 1024).is_ok());
-        assert!(limits.verifies(1024 * 1024 + 1).unwrap_err().contains("VERIFY_MAX_MB"));
+        assert_eq!(limits.skip_reason(Some(&dbs[0]), true, 1024 * 1024), None);
+        assert!(limits.skip_reason(Some(&dbs[0]), true, 1024 * 1024 + 1).unwrap().contains("VERIFY_MAX_MB"));
+        assert!(limits.skip_reason(Some(&dbs[1]), true, 10).unwrap().contains("turned off"));
+        assert!(limits.skip_reason(Some(&dbs[0]), false, 10).unwrap().contains("VERIFY_DB"));
+        assert!(limits.skip_reason(None, true, 10).is_some());
         assert!(OperationLimits::from_vars(|n| (n == "OPERATION_MAX_ATTEMPTS").then(|| "0".into())).is_err());
     }
 
