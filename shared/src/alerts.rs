@@ -181,7 +181,18 @@ impl AlertThresholds {
     /// readers of `config` do: a typo must not silently change what is watched.
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<AlertThresholds, crate::config::ConfigError> {
         let default = AlertThresholds::default();
-        let stale_hours = crate::config::read_count(&get, "ALERT_STALE_HOURS", default.stale_hours, 8760)?;
+        // 0 is allowed: every database counts as stale at every cron (the test suite uses it).
+        let stale_hours = match get("ALERT_STALE_HOURS") {
+            None => default.stale_hours,
+            Some(text) => match text.trim().parse::<u32>() {
+                Ok(v) if v <= 8760 => v,
+                _ => {
+                    return Err(crate::config::ConfigError(format!(
+                        "ALERT_STALE_HOURS must be a whole number of hours from 0 to 8760, not {text:?}"
+                    )))
+                }
+            },
+        };
         let shrink_percent = match get("ALERT_SHRINK_PERCENT") {
             None => default.shrink_percent,
             Some(text) => match text.trim().parse::<f64>() {
@@ -444,7 +455,8 @@ mod tests {
         })
         .unwrap();
         assert_eq!(set, AlertThresholds { stale_hours: 48, shrink_percent: 12.5 });
-        for (name, bad) in [("ALERT_STALE_HOURS", "36h"), ("ALERT_STALE_HOURS", "0"), ("ALERT_SHRINK_PERCENT", "twenty"), ("ALERT_SHRINK_PERCENT", "150")] {
+        assert_eq!(AlertThresholds::from_vars(|n| (n == "ALERT_STALE_HOURS").then(|| "0".into())).unwrap().stale_hours, 0);
+        for (name, bad) in [("ALERT_STALE_HOURS", "36h"), ("ALERT_STALE_HOURS", "-1"), ("ALERT_SHRINK_PERCENT", "twenty"), ("ALERT_SHRINK_PERCENT", "150")] {
             let err = AlertThresholds::from_vars(|n| (n == name).then(|| bad.to_string())).unwrap_err();
             assert!(err.0.contains(name), "{err}");
         }
