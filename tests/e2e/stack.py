@@ -212,6 +212,16 @@ class Stack:
             time.sleep(0.5)
         raise AssertionError(f"operation {operation_id} not final after {timeout}s: {op}\n{self.log()}")
 
+    def wait_for_verifications(self, timeout: float = 600.0) -> None:
+        """Waits until no backup's verification is pending or under way."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            (row,) = self.d1_query("d1-backup-meta", "SELECT count(*) AS n FROM runs WHERE verify_state IN ('pending', 'verifying')")
+            if row["n"] == 0:
+                return
+            time.sleep(1)
+        raise AssertionError(f"verifications still under way after {timeout}s:\n{self.log()}")
+
     def run_night(self, night, timeout: float = 120.0) -> dict:
         """Fires the nightly cron as if scheduled at 03:00 UTC of `night` (a date); waits for
         its job to complete and returns it."""
