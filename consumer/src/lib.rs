@@ -98,7 +98,7 @@ fn parse(delivery: &Delivery) -> std::result::Result<BackupMessage, String> {
     BackupMessage::from_json(body)
 }
 
-fn body_text(delivery: &Delivery) -> String {
+pub(crate) fn body_text(delivery: &Delivery) -> String {
     worker::js_sys::JSON::stringify(&delivery.body).map(String::from).unwrap_or_else(|_| "<unprintable>".into())
 }
 

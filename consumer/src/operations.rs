@@ -80,7 +80,7 @@ async fn try_start_verification(
 
 /// Handles one message of the `restore-jobs` queue.
 pub(crate) async fn operate(env: &Env, delivery: &Delivery) {
-    let body = worker::js_sys::JSON::stringify(&delivery.body).map(String::from).unwrap_or_default();
+    let body = crate::body_text(delivery);
     let msg = match serde_json::from_str(&body).map_err(|e| e.to_string()).and_then(OperationMessage::from_json) {
         Ok(msg) => msg,
         Err(e) => {

@@ -3,7 +3,7 @@
 //! and at later invocations up to `MAX_DELIVERY_ATTEMPTS`), and its failure is logged and
 //! recorded without the URL, which is a secret.
 
-use crate::meta::{number, opt_text, statement, text, timestamp};
+use crate::meta::{changed_one, number, opt_text, statement, text, timestamp};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use shared::alerts::{parse_webhooks, webhook_body, Alert, AlertThresholds, Webhook};
@@ -36,7 +36,7 @@ pub async fn record(db: &D1Database, alert: &Alert, now: DateTime<Utc>) -> Resul
     )?
     .run()
     .await?;
-    Ok(result.meta()?.and_then(|m| m.changes).unwrap_or(0) == 1)
+    changed_one(&result)
 }
 
 /// Once every run of a backup job is final: a `job_failed` alert when some died, or a

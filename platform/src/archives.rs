@@ -1,7 +1,7 @@
 //! Archive jobs, weekly archives and their members in the META database, and the retention
 //! cleanup that acts on the inventory (used by the archiver and by `POST /cleanup`).
 
-use crate::meta::{number, opt_text, statement, text, timestamp, Trigger};
+use crate::meta::{changed_one, number, opt_text, statement, text, timestamp, Trigger};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use shared::archive::{ArchiveMember, ArchiveSummary};
@@ -11,10 +11,6 @@ use shared::ports::ObjectStore;
 use shared::retention::{plan_retention, Decision, RetentionPolicy, StoredKind, StoredObject};
 use uuid::Uuid;
 use worker::{D1Database, Result};
-
-fn changed_one(result: &worker::D1Result) -> Result<bool> {
-    Ok(result.meta()?.and_then(|m| m.changes).unwrap_or(0) == 1)
-}
 
 /// Records the archive job for `week` (or finds the unfinished one) and queues its first step.
 pub async fn enqueue_archive(

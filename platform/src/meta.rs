@@ -26,6 +26,11 @@ pub(crate) fn opt_text(s: Option<&str>) -> JsValue {
     s.map(JsValue::from_str).unwrap_or(JsValue::NULL)
 }
 
+/// Whether a statement changed exactly one row (an insert or update that took effect).
+pub(crate) fn changed_one(result: &worker::D1Result) -> Result<bool> {
+    Ok(result.meta()?.and_then(|m| m.changes).unwrap_or(0) == 1)
+}
+
 pub(crate) fn number(n: u64) -> JsValue {
     JsValue::from_f64(n as f64)
 }
@@ -377,7 +382,7 @@ pub async fn acquire_lease(
     )?
     .run()
     .await?;
-    Ok(result.meta()?.and_then(|m| m.changes).unwrap_or(0) == 1)
+    changed_one(&result)
 }
 
 /// One delivery of one step, as it ended.
@@ -465,7 +470,7 @@ pub async fn save_checkpoint(
             attempt_statement(db, attempt, now)?,
         ])
         .await?;
-    Ok(results[0].meta()?.and_then(|m| m.changes).unwrap_or(0) == 1)
+    changed_one(&results[0])
 }
 
 /// Records a failed delivery (`retrying`, with its attempt) or a dead run (with an alert).

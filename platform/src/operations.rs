@@ -1,7 +1,7 @@
 //! Verifications and restores in the metadata database (`operations`), the verification state
 //! of runs, and the locks that give one operation a database to itself across its steps.
 
-use crate::meta::{number, opt_text, statement, text, timestamp};
+use crate::meta::{changed_one, number, opt_text, statement, text, timestamp};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::dump::sql::ident;
@@ -12,10 +12,6 @@ use shared::restore::DumpObject;
 use uuid::Uuid;
 use worker::wasm_bindgen::JsValue;
 use worker::{D1Database, Result};
-
-fn changed_one(result: &worker::D1Result) -> Result<bool> {
-    Ok(result.meta()?.and_then(|m| m.changes).unwrap_or(0) == 1)
-}
 
 /// An operation to record.
 pub struct NewOperation<'a> {
