@@ -50,7 +50,7 @@ def main() -> int:
         for night in nights:
             stack.run_night(night, timeout=600)
         # Every daily is verified in the background: let that finish so the archive is timed alone.
-        stack.wait_for_verifications(timeout=1800)
+        stack.wait_until_idle(timeout=1800)
         # The dailies as the archive will hold them.
         members = work / "members"
         total = 0

@@ -1,13 +1,20 @@
 """The local Cloudflare stack under test: started by the project's own script on a free port
 with its own state directory, and always torn down, process group and all."""
 
+import fcntl
+import hashlib
+import hmac
 import json
 import os
+import re
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -44,7 +51,7 @@ class Stack:
     def __init__(self, state_dir: Path, port: int | None = None, consumer_vars: dict[str, str] | None = None,
                  extra_databases: int = 0, environment: str = "local",
                  databases: list[str] | None = None, archiver_vars: dict[str, str] | None = None,
-                 all_vars: dict[str, str] | None = None):
+                 all_vars: dict[str, str] | None = None, verify: bool = True):
         self.state_dir = state_dir
         # Vars overriding the consumer's (such as EXPORT_MAX_QUERIES), and extra empty source
         # databases (fan01, fan02, ...), through copies of the Worker configs written beside
@@ -59,6 +66,10 @@ class Stack:
         self.all_vars = all_vars or {}
         # The producer's ENVIRONMENT: "local" accepts fault injection, "production" refuses it.
         self.environment = environment
+        # False: the consumer has no VERIFY_DB binding, so new backups are recorded as not
+        # verified (with that reason) instead of each being restored into the scratch database.
+        # For stacks whose tests do not look at verification: it only takes their CPU.
+        self.verify = verify
         self.generated_configs: list[Path] = []
         # The consumer's config copy, when one is written: it binds the extra databases.
         self.consumer_config: str | None = None
@@ -70,14 +81,10 @@ class Stack:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self, timeout: float = 120.0) -> "Stack":
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        prepared = subprocess.run(
-            [str(ROOT / "scripts/local-stack.sh"), "prepare", str(self.state_dir)],
-            cwd=ROOT, capture_output=True, text=True, timeout=300,
-        )
-        if prepared.returncode != 0:
-            raise RuntimeError(f"preparing the stack failed (is Node 22 first on PATH? run through make):\n"
-                               f"{prepared.stdout[-3000:]}{prepared.stderr[-3000:]}")
+        # A new state directory starts as a copy of the migrated and seeded template; one
+        # reused from an earlier stack (a second configuration over the same history) is kept.
+        if not (self.state_dir / "v3").exists():
+            shutil.copytree(template_state(), self.state_dir, dirs_exist_ok=True)
         log = open(self.log_path, "wb")
         # A session of its own: teardown signals the whole group (wrangler, workerd, esbuild).
         self.process = subprocess.Popen(
@@ -113,8 +120,11 @@ class Stack:
             producer = override_vars(self.only_databases((ROOT / "wrangler.toml").read_text()), self.all_vars)
             producer = producer.replace("[vars.DATABASES]\n", "[vars.DATABASES]\n" + entries, 1)
             env["PRODUCER_CONFIG"] = self.write_copy("wrangler.toml", producer + fan_bindings)
-        if fan or self.consumer_vars or self.databases is not None or self.all_vars:
+        if fan or self.consumer_vars or self.databases is not None or self.all_vars or not self.verify:
             consumer = self.only_databases((ROOT / "consumer/wrangler.toml").read_text())
+            if not self.verify:
+                consumer, dropped = re.subn(r'\[\[d1_databases\]\]\nbinding = "VERIFY_DB"\n[^\[]*', "", consumer)
+                assert dropped == 1, "consumer/wrangler.toml binds VERIFY_DB in one block"
             consumer = override_vars(consumer, {**self.all_vars, **self.consumer_vars})
             consumer = consumer.replace("[vars.DATABASES]\n", "[vars.DATABASES]\n" + entries, 1)
             consumer += fan_bindings
@@ -212,15 +222,23 @@ class Stack:
             time.sleep(0.5)
         raise AssertionError(f"operation {operation_id} not final after {timeout}s: {op}\n{self.log()}")
 
-    def wait_for_verifications(self, timeout: float = 600.0) -> None:
-        """Waits until no backup's verification is pending or under way."""
+    # What is still under way in the metadata database: runs not final, finished backups whose
+    # verification is not decided yet (NULL between the run's success and the verification's
+    # start), verifications, restores and archive jobs not final.
+    BUSY_SQL = ("SELECT (SELECT count(*) FROM runs WHERE state IN ('queued', 'running', 'retrying') "
+                "OR (state = 'succeeded' AND (verify_state IS NULL OR verify_state IN ('pending', 'verifying')))) "
+                "+ (SELECT count(*) FROM operations WHERE state IN ('queued', 'running', 'retrying')) "
+                "+ (SELECT count(*) FROM archive_jobs WHERE state IN ('queued', 'running', 'retrying')) AS n")
+
+    def wait_until_idle(self, timeout: float = 180.0) -> None:
+        """Waits until nothing is under way: every backup, verification, restore and archive
+        started so far has ended. For tests that compare what is recorded before and after."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            (row,) = self.d1_query("d1-backup-meta", "SELECT count(*) AS n FROM runs WHERE verify_state IN ('pending', 'verifying')")
-            if row["n"] == 0:
+            if self.d1_query("d1-backup-meta", self.BUSY_SQL)[0]["n"] == 0:
                 return
-            time.sleep(1)
-        raise AssertionError(f"verifications still under way after {timeout}s:\n{self.log()}")
+            time.sleep(0.2)
+        raise AssertionError(f"work still under way after {timeout}s:\n{self.log()}")
 
     def run_night(self, night, timeout: float = 120.0) -> dict:
         """Fires the nightly cron as if scheduled at 03:00 UTC of `night` (a date); waits for
@@ -257,10 +275,20 @@ class Stack:
                 output=result.stdout[-2000:], stderr=result.stdout[-2000:] + result.stderr[-2000:])
         return result
 
-    def r2_get(self, key: str, dest: Path) -> bytes:
-        """Reads an object from the local R2 bucket with `wrangler r2 object get`."""
-        self.wrangler("r2", "object", "get", f"d1-backups/{key}", "--local", "--file", str(dest))
-        return dest.read_bytes()
+    def r2_get(self, key: str, dest: Path | None = None) -> bytes:
+        """An object's bytes, read from the local R2 bucket's own files (miniflare's index and
+        blob store): a single-put object is one blob, a multipart one its parts in order.
+        Writes them to `dest` too when given."""
+        blobs = self.state_dir / "v3/r2/d1-backups/blobs"
+        rows = self.r2_index(
+            "SELECT o.blob_id, p.blob_id, o.size FROM _mf_objects o LEFT JOIN _mf_multipart_parts p "
+            f"ON o.blob_id IS NULL AND p.object_key = o.key WHERE o.key = {sql_text(key)} ORDER BY p.part_number")
+        assert rows, f"no object {key!r} in the local bucket"
+        body = b"".join((blobs / (single or part)).read_bytes() for single, part, _ in rows)
+        assert len(body) == rows[0][2], f"{key}: {len(body)} bytes read, the index says {rows[0][2]}"
+        if dest is not None:
+            dest.write_bytes(body)
+        return body
 
     def r2_index(self, sql: str) -> list[tuple]:
         """Queries the local R2 bucket's own index (miniflare keeps it in SQLite): which objects
@@ -280,17 +308,94 @@ class Stack:
         """Keys of multipart uploads neither completed nor aborted."""
         return [key for (key,) in self.r2_index("SELECT key FROM _mf_multipart_uploads WHERE state = 0")]
 
-    def d1_query(self, database: str, sql: str) -> list[dict]:
-        """Runs SQL on a local D1 database with `wrangler d1 execute`."""
-        return self.d1_queries(database, [sql])[0]
+    def d1_query(self, database: str, sql: str, config: str | None = None) -> list[dict]:
+        """Rows of one read-only query on a local D1 database (see `d1_queries`)."""
+        return self.d1_queries(database, [sql], config=config)[0]
 
-    def d1_queries(self, database: str, sqls: list[str], config: str = "consumer/wrangler.toml") -> list[list[dict]]:
-        """Runs several statements in one `wrangler d1 execute`; one result list each."""
-        out = self.wrangler("d1", "execute", database, "--local", "--json", "--command",
-                            ";\n".join(sqls), config=config)
-        results = [r["results"] for r in json.loads(out.stdout)]
-        assert len(results) == len(sqls), out.stdout[:2000]
-        return results
+    def d1_queries(self, database: str, sqls: list[str], config: str | None = None) -> list[list[dict]]:
+        """Read-only queries on a local D1 database, run on its SQLite file opened read-only:
+        one result list (rows as dicts) each. Much faster than a `wrangler d1 execute` process
+        per look, and a stray write fails loudly. A database the stack never opened reads as
+        empty, as D1 would create it. Writes go through `d1_execute`."""
+        path = self.d1_file(database, config)
+        uri = f"file:{path}?mode=ro" if path.exists() else "file::memory:"
+        db = sqlite3.connect(uri, uri=True, timeout=30)
+        try:
+            db.row_factory = lambda cursor, row: {c[0]: v for c, v in zip(cursor.description, row)}
+            return [db.execute(sql).fetchall() for sql in sqls]
+        finally:
+            db.close()
+
+    def d1_execute(self, database: str, sql: str, config: str | None = None) -> None:
+        """Changes a local D1 database with the real client, `wrangler d1 execute`."""
+        self.wrangler("d1", "execute", database, "--local", "--command", sql,
+                      config=config or self.consumer_config or "consumer/wrangler.toml")
+
+    def d1_file(self, database: str, config: str | None = None) -> Path:
+        """The SQLite file of a local D1 database: miniflare keeps each one in a Durable
+        Object whose id workerd derives from the database id."""
+        ids = d1_database_ids(ROOT / (config or self.consumer_config or "consumer/wrangler.toml"))
+        assert database in ids, f"no D1 database {database!r} in {config}: {sorted(ids)}"
+        object_id = durable_object_id("miniflare-D1DatabaseObject", ids[database])
+        return self.state_dir / "v3/d1/miniflare-D1DatabaseObject" / f"{object_id}.sqlite"
+
+
+def sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def d1_database_ids(config: Path) -> dict[str, str]:
+    """database_name -> database_id of every D1 database a wrangler config binds."""
+    with open(config, "rb") as f:
+        parsed = tomllib.load(f)
+    return {d["database_name"]: d["database_id"] for d in parsed.get("d1_databases", [])}
+
+
+def durable_object_id(unique_key: str, name: str) -> str:
+    """workerd's `idFromName` for a local namespace: the first half of HMAC-SHA-256(key, name),
+    then the first half of that half's HMAC, where key = SHA-256(unique_key)."""
+    key = hashlib.sha256(unique_key.encode()).digest()
+    head = hmac.new(key, name.encode(), hashlib.sha256).digest()[:16]
+    return (head + hmac.new(key, head, hashlib.sha256).digest()[:16]).hex()
+
+
+# Inputs of the template state: a change to any of them builds a new one.
+TEMPLATE_INPUTS = ["scripts/local-stack.sh", "consumer/wrangler.toml", "package-lock.json",
+                   "seed/demo.sql", "seed/bulk.sql", "tests/fixtures/hostile.sql"]
+
+
+def template_state() -> Path:
+    """A state directory with the metadata database migrated and the source databases seeded,
+    made once by the project's own `scripts/local-stack.sh prepare` and copied for each stack
+    (seeding takes several wrangler runs; a copy takes milliseconds). Named by a digest of
+    what it is made from, so it is rebuilt whenever any of that changes; a lock makes parallel
+    test processes build it once."""
+    digest = hashlib.sha256()
+    inputs = [ROOT / p for p in TEMPLATE_INPUTS] + sorted((ROOT / "migrations").glob("*.sql")) + \
+        [FIXTURES / "chinook" / "Chinook_Sqlite.sql"]
+    for path in inputs:
+        digest.update(str(path.relative_to(ROOT.parent)).encode() + b"\0" + path.read_bytes() + b"\0")
+    base = ROOT / "target" / "e2e"
+    base.mkdir(parents=True, exist_ok=True)
+    template = base / f"template-{digest.hexdigest()[:16]}"
+    with open(base / "template.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        complete = base / f"{template.name}.complete"
+        if complete.exists():
+            return template
+        partial = base / f"{template.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        prepared = subprocess.run(
+            [str(ROOT / "scripts/local-stack.sh"), "prepare", str(partial)],
+            cwd=ROOT, capture_output=True, text=True, timeout=600,
+        )
+        if prepared.returncode != 0:
+            raise RuntimeError(f"preparing the template state failed (is Node 22 first on PATH? run through make):\n"
+                               f"{prepared.stdout[-3000:]}{prepared.stderr[-3000:]}")
+        shutil.rmtree(template, ignore_errors=True)
+        partial.rename(template)
+        complete.write_text("")
+        return template
 
 
 def override_vars(config: str, overrides: dict[str, str]) -> str:

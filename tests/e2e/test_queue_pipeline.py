@@ -145,7 +145,7 @@ def test_idempotency_key_returns_the_same_job(roomy_stack):
 def fan_out_stack():
     """A production-like stack (fault injection refused) with 50 more, empty, databases."""
     s = Stack(ROOT / "target" / "e2e" / f"fan-{uuid.uuid4().hex[:8]}", extra_databases=50,
-              environment="production")
+              environment="production", verify=False)
     try:
         yield s.start()
     finally:
