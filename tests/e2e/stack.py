@@ -360,7 +360,7 @@ def durable_object_id(unique_key: str, name: str) -> str:
 
 
 # Inputs of the template state: a change to any of them builds a new one.
-TEMPLATE_INPUTS = ["scripts/local-stack.sh", "consumer/wrangler.toml", "package-lock.json",
+TEMPLATE_INPUTS = ["scripts/local-stack.sh", "wrangler.toml", "consumer/wrangler.toml", "package-lock.json",
                    "seed/demo.sql", "seed/bulk.sql", "tests/fixtures/hostile.sql"]
 
 
