@@ -308,6 +308,12 @@ class Stack:
         """Keys of multipart uploads neither completed nor aborted."""
         return [key for (key,) in self.r2_index("SELECT key FROM _mf_multipart_uploads WHERE state = 0")]
 
+    @property
+    def d1_config(self) -> str:
+        """The config binding every D1 database of this stack: the consumer's (its copy, when
+        one is written, binds the extra databases too)."""
+        return self.consumer_config or "consumer/wrangler.toml"
+
     def d1_query(self, database: str, sql: str, config: str | None = None) -> list[dict]:
         """Rows of one read-only query on a local D1 database (see `d1_queries`)."""
         return self.d1_queries(database, [sql], config=config)[0]
@@ -328,13 +334,12 @@ class Stack:
 
     def d1_execute(self, database: str, sql: str, config: str | None = None) -> None:
         """Changes a local D1 database with the real client, `wrangler d1 execute`."""
-        self.wrangler("d1", "execute", database, "--local", "--command", sql,
-                      config=config or self.consumer_config or "consumer/wrangler.toml")
+        self.wrangler("d1", "execute", database, "--local", "--command", sql, config=config or self.d1_config)
 
     def d1_file(self, database: str, config: str | None = None) -> Path:
         """The SQLite file of a local D1 database: miniflare keeps each one in a Durable
         Object whose id workerd derives from the database id."""
-        ids = d1_database_ids(ROOT / (config or self.consumer_config or "consumer/wrangler.toml"))
+        ids = d1_database_ids(ROOT / (config or self.d1_config))
         assert database in ids, f"no D1 database {database!r} in {config}: {sorted(ids)}"
         object_id = durable_object_id("miniflare-D1DatabaseObject", ids[database])
         return self.state_dir / "v3/d1/miniflare-D1DatabaseObject" / f"{object_id}.sqlite"

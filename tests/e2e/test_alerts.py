@@ -78,6 +78,11 @@ def trigger(stack, body):
     return stack.wait_for_job(r.json()["jobId"], timeout=120)
 
 
+def unsent(stack) -> int:
+    """Alerts recorded and not yet delivered to every webhook."""
+    return stack.d1_query(META, "SELECT count(*) AS n FROM alerts WHERE sent_at IS NULL")[0]["n"]
+
+
 def kinds(receiver, path):
     if path == "/json":
         return [b["kind"] for b in receiver.of(path)]
@@ -141,7 +146,7 @@ def test_cron_checks_report_stale_shrunk_and_changed_databases(alerting):
     raised = stack.d1_query(META, checks)
     assert stack.fire_cron("0 3 * * *", int((night - dt.timedelta(days=1)).timestamp() * 1000)).status == 200
     assert stack.d1_query(META, checks) == raised
-    receiver.wait_for(lambda: stack.d1_query(META, "SELECT count(*) AS n FROM alerts WHERE sent_at IS NULL")[0]["n"] == 0)
+    receiver.wait_for(lambda: unsent(stack) == 0)
     new = [b["kind"] for b in receiver.of("/json")[count:]]
     assert not {"backup_shrank", "schema_changed", "backup_stale"} & set(new), new
     recorded = {r["kind"] for r in stack.d1_query(META, "SELECT DISTINCT kind FROM alerts WHERE database = 'demo'")}
@@ -174,13 +179,12 @@ def test_every_alert_reaches_every_webhook_in_its_format(alerting):
 
     def settled():
         generic, discord, slack = by_format()
-        unsent = stack.d1_query(META, "SELECT count(*) AS n FROM alerts WHERE sent_at IS NULL")[0]["n"]
-        return "message_rejected" in generic and unsent == 0 and generic == discord == slack
+        return "message_rejected" in generic and unsent(stack) == 0 and generic == discord == slack
     # Until the rejected message's alert is in and every recorded alert was sent.
     receiver.wait_for(settled)
     generic, discord, slack = by_format()
     assert generic == discord == slack, (generic, discord, slack)
     assert {"job_succeeded", "run_dead", "job_failed", "backup_stale", "backup_shrank", "schema_changed",
             "message_rejected"} <= set(generic)
-    unsent = stack.d1_query(META, "SELECT kind, attempts, last_error FROM alerts WHERE sent_at IS NULL")
-    assert unsent == [], unsent
+    undelivered = stack.d1_query(META, "SELECT kind, attempts, last_error FROM alerts WHERE sent_at IS NULL")
+    assert undelivered == [], undelivered

@@ -61,22 +61,19 @@ def wait_for_verification(stack: Stack, run: dict, timeout: float = 240) -> dict
 
 def contents(stack: Stack, database: str) -> dict:
     """Every user table's rows, exactly (storage class and bytes of every value)."""
-    config = stack.consumer_config or "consumer/wrangler.toml"
-    tables = [r["name"] for r in stack.d1_queries(database, [USER_TABLES], config=config)[0]]
+    tables = [r["name"] for r in stack.d1_query(database, USER_TABLES)]
     if not tables:
         return {}
     column_lists = stack.d1_queries(database, [
-        f"SELECT name FROM pragma_table_xinfo('{t}') WHERE hidden IN (0, 2, 3)" for t in tables], config=config)
-    without_rowid = {r["name"] for r in stack.d1_queries(
-        database, ["SELECT name FROM pragma_table_list WHERE wr = 1"], config=config)[0]}
+        f"SELECT name FROM pragma_table_xinfo('{t}') WHERE hidden IN (0, 2, 3)" for t in tables])
+    without_rowid = {r["name"] for r in stack.d1_query(database, "SELECT name FROM pragma_table_list WHERE wr = 1")}
     sqls = [exact_rows_sql(t, [c["name"] for c in cols], t not in without_rowid) for t, cols in zip(tables, column_lists)]
-    rows = stack.d1_queries(database, sqls, config=config)
+    rows = stack.d1_queries(database, sqls)
     return {t: [list(r.values()) for r in table_rows] for t, table_rows in zip(tables, rows)}
 
 
 def objects(stack: Stack, database: str) -> list:
-    config = stack.consumer_config or "consumer/wrangler.toml"
-    return [(r["type"], r["name"]) for r in stack.d1_queries(database, [USER_OBJECTS], config=config)[0]]
+    return [(r["type"], r["name"]) for r in stack.d1_query(database, USER_OBJECTS)]
 
 
 def damage(stack: Stack, key: str, change, tmp_path) -> None:
@@ -196,10 +193,7 @@ def test_a_weekly_archive_member_restores_into_an_empty_database(stack):
 
 
 def test_a_confirmed_restore_over_data_backs_the_target_up_first(stack):
-    config = stack.consumer_config
-    stack.wrangler("d1", "execute", "fan02", "--local", "--command",
-                   "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes VALUES (1, 'keep me');",
-                   config=config)
+    stack.d1_execute("fan02", "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes VALUES (1, 'keep me');")
     run = back_up(stack, "hostile")
     r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan02", "dryRun": False, "confirm": "fan02"})
     assert r.status == 202, r.body
@@ -221,9 +215,7 @@ def test_one_table_restores_alone(stack):
     r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan01", "dryRun": False, "confirm": "fan01"})
     assert r.status == 202, r.body
     assert stack.wait_for_operation(r.json()["operationId"])["state"] == "succeeded"
-    config = stack.consumer_config
-    stack.wrangler("d1", "execute", "fan01", "--local", "--command",
-                   "DELETE FROM PlaylistTrack WHERE PlaylistId > 2; UPDATE Genre SET Name = 'kept';", config=config)
+    stack.d1_execute("fan01", "DELETE FROM PlaylistTrack WHERE PlaylistId > 2; UPDATE Genre SET Name = 'kept';")
 
     r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan01", "table": "PlaylistTrack",
                                          "dryRun": False, "confirm": "fan01"})
