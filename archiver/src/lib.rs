@@ -3,27 +3,26 @@
 //!
 //! Its cron (Sundays 04:00 UTC) records an archive job for the ISO week that just ended and
 //! queues it; `POST /archive` on the producer does the same for any past week. The archive is
-//! built in steps, one per message on the archiver's own queue, like the consumer's exports:
-//! each step's checkpoint goes into the job's row and a message continues it. A failed step is
-//! retried with backoff from its checkpoint; after `ARCHIVE_MAX_ATTEMPTS` consecutive failures
-//! the job is dead, its upload aborted and an alert recorded. When the archive is complete and
+//! built in steps, one per message on the archiver's own queue: a task of the engine
+//! (`platform::tasks`), like the consumer's exports, of which this file holds the step body. A
+//! failed step is retried with backoff from its checkpoint; after `ARCHIVE_MAX_ATTEMPTS`
+//! consecutive failures the job is dead, its upload aborted and an alert recorded. When the archive is complete and
 //! verified, retention runs and its report is stored with the job.
 
 use platform::archives::{self, ArchiveJobView};
 use platform::meta::Trigger;
 use platform::r2_store::R2Store;
+use platform::tasks::{self, Disposition, StepBody, StepOutcome};
 use platform::{bindings, config, millis_to_utc, now};
 use shared::archive::{archive_step, ArchiveCheckpoint, ArchivePlan, ArchiveProgress};
+use shared::config::{RetryPolicy, Settings};
+use shared::faults::{Fault, FaultStage, FaultyStore};
+use shared::task::{Lease, TaskError, TaskKind, TaskRecord, TaskState, Verdict};
 use shared::upload::PART_SIZE;
-use shared::faults::FaultyStore;
 use shared::keys::IsoWeek;
 use shared::message::ArchiveMessage;
 use shared::ports::ObjectStore;
 use worker::*;
-
-/// A step holds the job at most this long; a delivery that finds an unexpired lease leaves
-/// the job to its holder.
-const LEASE_SECONDS: i64 = 15 * 60;
 
 #[event(scheduled)]
 async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
@@ -44,20 +43,11 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
 async fn queue(batch: MessageBatch<serde_json::Value>, env: Env, _ctx: Context) -> Result<()> {
     // Each message is acknowledged or retried on its own.
     for raw in batch.raw_iter() {
+        let retry_in = |seconds: u32| raw.retry_with_options(&QueueRetryOptionsBuilder::new().with_delay_seconds(seconds).build());
         let text = js_sys::JSON::stringify(&raw.body()).map(String::from).unwrap_or_default();
         let parsed = serde_json::from_str(&text).map_err(|e| e.to_string()).and_then(ArchiveMessage::from_json);
-        match parsed {
-            Ok(msg) => match archive(&env, &msg, raw.id().as_str()).await {
-                Ok(Next::Ack) => raw.ack(),
-                Ok(Next::RetryIn(seconds)) => {
-                    raw.retry_with_options(&QueueRetryOptionsBuilder::new().with_delay_seconds(seconds).build())
-                }
-                Err(e) => {
-                    // The metadata database itself failed: try again shortly.
-                    console_error!("archive job {} step {}: {e}", msg.job_id, msg.step);
-                    raw.retry_with_options(&QueueRetryOptionsBuilder::new().with_delay_seconds(30).build())
-                }
-            },
+        let msg = match parsed {
+            Ok(msg) => msg,
             Err(e) => {
                 // Nothing can make it readable: keep it on record instead of retrying forever.
                 console_error!("archive message {} is unreadable ({e}); dropped: {text}", raw.id());
@@ -65,142 +55,205 @@ async fn queue(batch: MessageBatch<serde_json::Value>, env: Env, _ctx: Context) 
                     let _ = platform::meta::record_rejected(&db, &raw.id(), "archive-jobs", &text, &e, now()).await;
                 }
                 raw.ack();
+                continue;
             }
+        };
+        let label = format!("archive job {} ({})", msg.job_id, msg.week);
+        let (settings, db) = match (config::settings(&env), env.d1(bindings::META)) {
+            (Ok(settings), Ok(db)) => (settings, db),
+            (Err(e), _) | (_, Err(e)) => {
+                console_error!("{label}: {e}");
+                retry_in(RetryPolicy::DEFAULT.base_seconds);
+                continue;
+            }
+        };
+        let job = match archives::get_archive_job(&db, &msg.job_id).await {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                console_error!("{label}: no such job; dropped");
+                raw.ack();
+                continue;
+            }
+            Err(e) => {
+                console_error!("{label}: reading the job failed: {e}");
+                retry_in(settings.retry.base_seconds);
+                continue;
+            }
+        };
+        let step = msg.step;
+        let mut task = ArchiveTask { env: &env, settings: &settings, msg, job, label };
+        match tasks::deliver(&db, &settings, &mut task, step, &raw.id()).await {
+            Disposition::Ack => raw.ack(),
+            Disposition::RetryIn(seconds) => retry_in(seconds),
         }
     }
     Ok(())
 }
 
-enum Next {
-    Ack,
-    RetryIn(u32),
+/// One weekly archive, as a task of the engine.
+struct ArchiveTask<'a> {
+    env: &'a Env,
+    settings: &'a Settings,
+    msg: ArchiveMessage,
+    job: ArchiveJobView,
+    label: String,
 }
 
-async fn archive(env: &Env, msg: &ArchiveMessage, delivery_id: &str) -> Result<Next> {
-    let db = env.d1(bindings::META)?;
-    let label = format!("archive job {} ({}) step {}", msg.job_id, msg.week, msg.step);
-    let Some(job) = archives::get_archive_job(&db, &msg.job_id).await? else {
-        console_error!("{label}: no such job; dropped");
-        return Ok(Next::Ack);
-    };
-    if matches!(job.state.as_str(), "succeeded" | "dead") || job.step != msg.step {
-        console_log!("{label}: job is {} at step {}; duplicate delivery acknowledged", job.state, job.step);
-        return Ok(Next::Ack);
+impl ArchiveTask<'_> {
+    /// Ends a job that had nothing to write.
+    async fn finish_without_archive(&self, db: &D1Database, lease: &Lease, outcome: &str) -> std::result::Result<StepOutcome, TaskError> {
+        let statements = vec![
+            tasks::finish(db, lease, TaskState::Succeeded, None, now()).map_err(meta_error)?,
+            archives::no_archive_statement(db, &self.msg.job_id, outcome).map_err(meta_error)?,
+        ];
+        tasks::commit(db, lease, statements).await.map_err(|e| e.context("recording the outcome"))?;
+        console_log!("{}: {outcome}", self.label);
+        Ok(StepOutcome::Finished)
     }
-    let started = now();
-    let lease_until = started + chrono::Duration::seconds(LEASE_SECONDS);
-    if !platform::meta::acquire_lease(&db, platform::meta::Leased::ArchiveJob, &msg.job_id.to_string(), msg.step, delivery_id, lease_until, started).await? {
-        console_log!("{label}: another delivery holds the job; acknowledged");
-        return Ok(Next::Ack);
+}
+
+fn meta_error(e: Error) -> TaskError {
+    TaskError::transient(e.to_string())
+}
+
+impl StepBody for ArchiveTask<'_> {
+    fn kind(&self) -> TaskKind {
+        TaskKind::Archive
     }
-    let limits = config::archive_limits(env)?;
-    let retry = config::retry_policy(env)?;
-    let attempt = job.failures + 1;
-    let outcome = run_step(env, &db, msg, &job, attempt).await;
-    // Alerts raised by this step (a daily left out, a dead job) go out now; delivery never
-    // fails the archive.
-    let deliver = || async {
-        if let Err(e) = platform::alerts::deliver_pending(env, &db, now()).await {
-            console_error!("{label}: delivering alerts failed: {e}");
-        }
-    };
-    match outcome {
-        Ok(()) => {
-            deliver().await;
-            Ok(Next::Ack)
-        }
-        Err(e) => {
-            let error = e.to_string();
-            let dead = attempt >= limits.max_attempts;
-            console_error!("{label}: attempt {attempt} failed: {error}{}", if dead { "; giving up" } else { "" });
-            if dead {
-                // Free what the archive holds: its multipart upload and parked tail.
-                if let Some(checkpoint) = job.checkpoint.as_deref().and_then(|c| serde_json::from_str::<ArchiveCheckpoint>(c).ok()) {
-                    let mut store = R2Store::new(env.bucket(bindings::BACKUPS)?);
-                    if let Err(e) = shared::upload::discard(&mut store, &checkpoint.plan.key, &checkpoint.upload).await {
-                        console_error!("{label}: discarding the unfinished archive failed: {e}");
+
+    fn task_id(&self) -> String {
+        self.job.id.clone()
+    }
+
+    fn label(&self) -> String {
+        self.label.clone()
+    }
+
+    async fn run(&mut self, db: &D1Database, _task: &TaskRecord, lease: &Lease) -> std::result::Result<StepOutcome, TaskError> {
+        let job = &self.job;
+        let week = IsoWeek::parse(&job.week).ok_or_else(|| TaskError::permanent(format!("job week {:?} is invalid", job.week)))?;
+        let checkpoint = match job.checkpoint.as_deref() {
+            Some(text) => serde_json::from_str::<ArchiveCheckpoint>(text)
+                .map_err(|e| TaskError::permanent(format!("the job's checkpoint is unreadable: {e}")))?,
+            None => {
+                // The first step decides what the archive holds.
+                if archives::live_archive(db, week).await.map_err(meta_error)?.is_some() {
+                    // Idempotent: the week has its verified archive; rebuilding it could drop
+                    // dailies that retention has since deleted.
+                    return self.finish_without_archive(db, lease, "already_archived").await;
+                }
+                let members = archives::week_dailies(db, week).await.map_err(meta_error)?;
+                if members.is_empty() {
+                    return self.finish_without_archive(db, lease, "nothing_to_archive").await;
+                }
+                ArchiveCheckpoint::start(ArchivePlan {
+                    week: week.label(),
+                    key: week.archive_key(),
+                    staging_prefix: format!("staging/archive-{}/", self.msg.job_id),
+                    part_size: PART_SIZE,
+                    created_at: now(),
+                    members,
+                })
+            }
+        };
+        let bucket = self.env.bucket(bindings::BACKUPS).map_err(|e| TaskError::permanent(format!("binding BACKUPS: {e}")))?;
+        // Fault injection (local and test stacks only: the producer refuses it elsewhere).
+        let mut store = FaultyStore {
+            inner: R2Store::new(bucket),
+            fault: self.msg.fault,
+            attempt: lease.attempt,
+            target_key: checkpoint.plan.key.clone(),
+        };
+        let clock = || Date::now().as_millis() as i64;
+        let progress = archive_step(&mut store, &clock, self.settings.archive.budget(), &checkpoint)
+            .await
+            .map_err(|e| TaskError::transient(e.to_string()))?;
+        let mut store = store.inner;
+        match progress {
+            ArchiveProgress::Paused { checkpoint: next, superseded } => {
+                let text = serde_json::to_string(&next).map_err(|e| TaskError::permanent(e.to_string()))?;
+                let statements = vec![tasks::checkpoint(db, lease, &text, now()).map_err(meta_error)?];
+                tasks::commit(db, lease, statements).await.map_err(|e| e.context("saving the checkpoint"))?;
+                delete_all(&mut store, &superseded).await;
+                Ok(StepOutcome::Continued)
+            }
+            ArchiveProgress::Complete { summary, superseded } => {
+                let mut statements = vec![tasks::finish(db, lease, TaskState::Succeeded, None, now()).map_err(meta_error)?];
+                statements.extend(archives::archive_statements(db, &self.msg.job_id, &job.week, &summary, now()).map_err(meta_error)?);
+                tasks::commit(db, lease, statements).await.map_err(|e| e.context("recording the archive"))?;
+                delete_all(&mut store, &superseded).await;
+                console_log!(
+                    "{}: {} holds {} dailies ({} left out), {} bytes, verified",
+                    self.label,
+                    summary.key,
+                    summary.members.len(),
+                    summary.excluded.len(),
+                    summary.bytes
+                );
+                // Retention runs after each weekly archive; a failure here never fails the archive.
+                match archives::run_cleanup(db, &mut store, self.settings.retention, now()).await {
+                    Ok(report) => {
+                        console_log!("cleanup after {}: {} deleted, {} kept", summary.key, report.deleted.len(), report.kept.len());
+                        let recorded = match archives::cleanup_report_statement(db, &self.msg.job_id, &report) {
+                            Ok(statement) => tasks::commit(db, lease, vec![statement]).await.map(|_| ()),
+                            Err(e) => Err(meta_error(e)),
+                        };
+                        if let Err(e) = recorded {
+                            console_error!("{}: recording the cleanup report failed: {e}", self.label);
+                        }
                     }
+                    Err(e) => console_error!("cleanup after {} failed: {e}", summary.key),
                 }
-                archives::fail_archive_job(&db, &job, &error, true, now()).await?;
-                deliver().await;
-                Ok(Next::Ack)
-            } else {
-                archives::fail_archive_job(&db, &job, &error, false, now()).await?;
-                Ok(Next::RetryIn(retry.delay_seconds(attempt)))
+                Ok(StepOutcome::Finished)
             }
         }
     }
-}
 
-async fn run_step(env: &Env, db: &D1Database, msg: &ArchiveMessage, job: &ArchiveJobView, attempt: u32) -> Result<()> {
-    let week = IsoWeek::parse(&job.week).ok_or_else(|| Error::RustError(format!("job week {:?} is invalid", job.week)))?;
-    let checkpoint = match job.checkpoint.as_deref() {
-        Some(text) => serde_json::from_str::<ArchiveCheckpoint>(text)
-            .map_err(|e| Error::RustError(format!("the job's checkpoint is unreadable: {e}")))?,
-        None => {
-            // The first step decides what the archive holds.
-            if archives::live_archive(db, week).await?.is_some() {
-                // Idempotent: the week has its verified archive; rebuilding it could drop
-                // dailies that retention has since deleted.
-                archives::finish_archive_job_without_archive(db, &msg.job_id, "already_archived", now()).await?;
-                return Ok(());
-            }
-            let members = archives::week_dailies(db, week).await?;
-            if members.is_empty() {
-                archives::finish_archive_job_without_archive(db, &msg.job_id, "nothing_to_archive", now()).await?;
-                return Ok(());
-            }
-            ArchiveCheckpoint::start(ArchivePlan {
-                week: week.label(),
-                key: week.archive_key(),
-                staging_prefix: format!("staging/archive-{}/", msg.job_id),
-                part_size: PART_SIZE,
-                created_at: now(),
-                members,
-            })
-        }
-    };
-    let limits = config::archive_limits(env)?;
-    let store = R2Store::new(env.bucket(bindings::BACKUPS)?);
-    // Fault injection (local and test stacks only: the producer refuses it elsewhere).
-    let mut store = FaultyStore { inner: store, fault: msg.fault, attempt, target_key: checkpoint.plan.key.clone() };
-    let clock = || Date::now().as_millis() as i64;
-    let progress = archive_step(&mut store, &clock, limits.budget(), &checkpoint)
-        .await
-        .map_err(|e| Error::RustError(e.to_string()))?;
-    let mut store = store.inner;
-    match progress {
-        ArchiveProgress::Paused { checkpoint: next, superseded } => {
-            let text = serde_json::to_string(&next).map_err(|e| Error::RustError(e.to_string()))?;
-            if !archives::save_archive_checkpoint(db, &msg.job_id, msg.step, &text, now()).await? {
-                console_log!("archive job {} step {}: another delivery finished this step first", msg.job_id, msg.step);
-                return Ok(());
-            }
-            delete_all(&mut store, &superseded).await;
-            env.queue(bindings::ARCHIVE_QUEUE)?.send(msg.continuation(msg.step + 1)).await?;
-        }
-        ArchiveProgress::Complete { summary, superseded } => {
-            archives::succeed_archive_job(db, &msg.job_id, &job.week, &summary, now()).await?;
-            delete_all(&mut store, &superseded).await;
-            console_log!(
-                "archive job {}: {} holds {} dailies ({} left out), {} bytes, verified",
-                msg.job_id,
-                summary.key,
-                summary.members.len(),
-                summary.excluded.len(),
-                summary.bytes
-            );
-            // Retention runs after each weekly archive; a failure here never fails the archive.
-            match archives::run_cleanup(db, &mut store, config::retention_policy(env)?, now()).await {
-                Ok(report) => {
-                    console_log!("cleanup after {}: {} deleted, {} kept", summary.key, report.deleted.len(), report.kept.len());
-                    archives::save_cleanup_report(db, &msg.job_id, &report).await?;
-                }
-                Err(e) => console_error!("cleanup after {} failed: {e}", summary.key),
-            }
+    fn failure_statements(
+        &self,
+        db: &D1Database,
+        _lease: &Lease,
+        error: &TaskError,
+        verdict: &Verdict,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<D1PreparedStatement>> {
+        match verdict {
+            Verdict::Dead => Ok(vec![archives::archive_dead_alert(db, &self.job, &error.message, now)?]),
+            _ => Ok(Vec::new()),
         }
     }
-    Ok(())
+
+    /// Frees what the archive holds: its multipart upload and parked tail.
+    async fn dying(&mut self, _db: &D1Database, _error: &TaskError) {
+        let Some(checkpoint) = self.job.checkpoint.as_deref().and_then(|c| serde_json::from_str::<ArchiveCheckpoint>(c).ok()) else {
+            return;
+        };
+        match self.env.bucket(bindings::BACKUPS) {
+            Ok(bucket) => {
+                let mut store = R2Store::new(bucket);
+                if let Err(e) = shared::upload::discard(&mut store, &checkpoint.plan.key, &checkpoint.upload).await {
+                    console_error!("{}: discarding the unfinished archive failed: {e}", self.label);
+                }
+            }
+            Err(e) => console_error!("{}: discarding the unfinished archive failed: {e}", self.label),
+        }
+    }
+
+    /// Alerts raised by the job (a daily left out, a dead job) go out now; delivery never fails
+    /// the archive.
+    async fn ended(&mut self, db: &D1Database) {
+        if let Err(e) = platform::alerts::deliver_pending(self.env, db, now()).await {
+            console_error!("{}: delivering alerts failed: {e}", self.label);
+        }
+    }
+
+    async fn send(&self, step: u32, delay_seconds: u32) -> Result<()> {
+        if step > 0 && Fault::fails(self.msg.fault.as_ref(), FaultStage::ContinueSend, step) {
+            return Err(Error::RustError(format!("injected fault: the message of step {step} is lost")));
+        }
+        let message = MessageBuilder::new(self.msg.continuation(step)).delay_seconds(delay_seconds).build();
+        self.env.queue(bindings::ARCHIVE_QUEUE)?.send(message).await
+    }
 }
 
 /// Deletes staging objects that a saved checkpoint no longer needs; a failure leaves litter

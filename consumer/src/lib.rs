@@ -4,26 +4,29 @@
 //! out, its checkpoint goes into the run's row in the metadata database and a message for the
 //! next step goes onto the queue. The dump appears in R2 only when the last step completes it.
 //!
-//! Deliveries are at least once, so every message is checked against the run first: a message
-//! for a finished run or an older step is acknowledged without work, and a run is exported by
-//! one delivery at a time (a lease in the metadata database). A failed delivery is retried
-//! with exponential backoff; after the last retry the message lands in the dead-letter queue,
-//! whose consumer (this Worker too) marks the run dead, frees its unfinished upload and records
-//! an alert. A message nobody can read is forwarded to the dead-letter queue, recorded there
-//! and acknowledged, never retried forever.
+//! A run is a task of the engine (`shared::task`, driven by `platform::tasks::deliver`): this
+//! file holds only its step body. Deliveries are at least once; the engine admits a message,
+//! leases the run with a fencing token, fences every write of the step on it, retries failures
+//! with backoff and buries a run whose failures are spent (freeing its unfinished upload, with
+//! an alert). The dead-letter queue only receives messages the engine could not even record a
+//! failure for; its consumer (this Worker too) marks their runs dead. A message nobody can
+//! read is forwarded to the dead-letter queue, recorded there and acknowledged, never retried
+//! forever.
 
 mod operations;
 
 use platform::d1_source::D1Source;
 use platform::meta::{self, Attempt, RunView};
 use platform::r2_store::R2Store;
+use platform::tasks::{self, Disposition, StepBody, StepOutcome};
 use platform::{bindings, config, now};
 use shared::backup::{backup_step, discard, BackupCheckpoint, BackupProgress, BackupTarget, PART_SIZE};
-use shared::faults::{FaultySource, FaultyStore};
+use shared::config::{RetryPolicy, Settings};
+use shared::faults::{Fault, FaultStage, FaultySource, FaultyStore};
 use shared::keys::BackupKey;
 use shared::message::BackupMessage;
 use shared::ports::ObjectStore;
-use shared::state::RunState;
+use shared::task::{Lease, TaskError, TaskKind, TaskRecord, TaskState, Verdict};
 use std::collections::BTreeMap;
 use wasm_bindgen::prelude::*;
 use worker::js_sys::{Array, Object, Reflect};
@@ -37,13 +40,11 @@ const OPERATION_QUEUE: &str = "restore-jobs";
 /// Binding through which unreadable messages are forwarded to the dead-letter queue.
 const DEAD_LETTERS: &str = "DEAD_LETTERS";
 
-/// One delivered message, read from the runtime's own message object: workers-rs does not
-/// expose the delivery attempt number, which the backoff and the run history need.
+/// One delivered message, read from the runtime's own message object (for `retry` with a
+/// delay). Attempts are counted by the task, not by the queue: a continuation is a new message.
 pub(crate) struct Delivery {
     raw: RawMessage,
     pub(crate) id: String,
-    /// The queue's attempt number, 1 for the first delivery.
-    pub(crate) attempt: u32,
     pub(crate) body: JsValue,
 }
 
@@ -64,7 +65,7 @@ impl Delivery {
 }
 
 /// The queue handler, exported by hand instead of through `#[event(queue)]` so that it sees
-/// the runtime's message objects (and their `attempts`).
+/// the runtime's message objects.
 #[wasm_bindgen]
 pub async fn queue(batch: RawBatch, env: Env, _ctx: JsValue) -> std::result::Result<JsValue, JsValue> {
     let queue_name: String = batch.queue().map(String::from).unwrap_or_default();
@@ -73,10 +74,8 @@ pub async fn queue(batch: RawBatch, env: Env, _ctx: JsValue) -> std::result::Res
     // the others in the batch run again.
     for raw in messages.iter() {
         let raw: RawMessage = raw.unchecked_into();
-        let attempt = Reflect::get(&raw, &"attempts".into()).ok().and_then(|a| a.as_f64()).unwrap_or(1.0);
         let delivery = Delivery {
             id: raw.id().map(String::from).unwrap_or_default(),
-            attempt: attempt.max(1.0) as u32,
             body: raw.body().unwrap_or(JsValue::UNDEFINED),
             raw,
         };
@@ -102,231 +101,254 @@ pub(crate) fn body_text(delivery: &Delivery) -> String {
     worker::js_sys::JSON::stringify(&delivery.body).map(String::from).unwrap_or_else(|_| "<unprintable>".into())
 }
 
-fn label(msg: &BackupMessage, delivery: &Delivery) -> String {
-    format!("job {} database {} step {} attempt {}", msg.job_id, msg.database, msg.step, delivery.attempt)
+fn label(msg: &BackupMessage) -> String {
+    format!("job {} database {}", msg.job_id, msg.database)
+}
+
+/// Reads the settings once for the delivery; an unreadable configuration retries the message.
+fn settings(env: &Env, delivery: &Delivery) -> Option<Settings> {
+    match config::settings(env) {
+        Ok(settings) => Some(settings),
+        Err(e) => {
+            console_error!("message {}: {e}", delivery.id);
+            delivery.retry_in(RetryPolicy::DEFAULT.base_seconds);
+            None
+        }
+    }
+}
+
+pub(crate) fn settle(delivery: &Delivery, disposition: Disposition) {
+    match disposition {
+        Disposition::Ack => delivery.ack(),
+        Disposition::RetryIn(seconds) => delivery.retry_in(seconds),
+    }
 }
 
 async fn back_up(env: &Env, delivery: &Delivery) {
     let msg = match parse(delivery) {
         Ok(msg) => msg,
+        Err(e) => return forward_unreadable(env, delivery, e).await,
+    };
+    let Some(settings) = settings(env, delivery) else { return };
+    let meta_db = match env.d1(bindings::META) {
+        Ok(db) => db,
         Err(e) => {
-            // Retrying cannot make it readable: hand it to the dead-letter queue, which keeps it.
-            console_error!("message {} is unreadable ({e}); forwarding it to {DEAD_LETTER_QUEUE}", delivery.id);
-            // Wrapped, so the reason travels with the body.
-            let text = body_text(delivery);
-            let body = serde_json::from_str::<serde_json::Value>(&text).unwrap_or(serde_json::Value::String(text));
-            let wrapped = serde_json::json!({ "unreadable": body, "error": e, "messageId": delivery.id });
-            // As parsed JSON: serde would turn the objects into JS Maps.
-            let forwarded = match (env.queue(DEAD_LETTERS), worker::js_sys::JSON::parse(&wrapped.to_string())) {
-                (Ok(dlq), Ok(value)) => {
-                    dlq.send_raw(RawMessageBuilder::new(value).build_with_content_type(QueueContentType::Json)).await
-                }
-                (Err(e), _) => Err(e),
-                (_, Err(e)) => Err(Error::from(e)),
-            };
-            match forwarded {
-                Ok(()) => delivery.ack(),
-                Err(e) => {
-                    console_error!("forwarding message {} failed: {e}", delivery.id);
-                    delivery.retry_in(5);
-                }
-            }
-            return;
+            console_error!("{}: {e}", label(&msg));
+            return delivery.retry_in(settings.retry.base_seconds);
         }
     };
-    let label = label(&msg, delivery);
-    let started_at = now();
-    let (meta_db, retry) = match (env.d1(bindings::META), config::retry_policy(env)) {
-        (Ok(db), Ok(retry)) => (db, retry),
-        (Err(e), _) | (_, Err(e)) => {
-            console_error!("{label}: {e}");
-            return delivery.retry_in(shared::config::RetryPolicy::DEFAULT.base_seconds);
-        }
-    };
-    let delay = retry.delay_seconds(delivery.attempt);
     let run = match meta::find_run(&meta_db, &msg.job_id, &msg.database).await {
         Ok(Some(run)) => run,
         Ok(None) => {
-            console_error!("{label}: no such run recorded; dropping the message");
+            console_error!("{}: no such run recorded; dropping the message", label(&msg));
             return delivery.ack();
         }
         Err(e) => {
-            console_error!("{label}: reading the run failed: {e}");
-            return delivery.retry_in(delay);
+            console_error!("{}: reading the run failed: {e}", label(&msg));
+            return delivery.retry_in(settings.retry.base_seconds);
         }
     };
-    if matches!(run.state(), RunState::Succeeded | RunState::Dead) || msg.step < run.step {
-        console_log!("{label}: run {} at step {}; duplicate or late delivery acknowledged", run.state, run.step);
-        return delivery.ack();
-    }
-    if msg.step > run.step {
-        // The continuation arrived before its checkpoint was recorded: try again shortly.
-        console_log!("{label}: checkpoint of step {} not recorded yet", msg.step - 1);
-        return delivery.retry_in(1);
-    }
+    let step = msg.step;
+    let mut task = BackupTask { env, settings: &settings, msg, run, started_at: now(), ended_job: None };
+    settle(delivery, tasks::deliver(&meta_db, &settings, &mut task, step, &delivery.id).await);
+}
 
-    let limits = match config::export_limits(env) {
-        Ok(limits) => limits,
-        Err(e) => return fail(&meta_db, &run, &msg, delivery, started_at, &e.to_string(), delay).await,
+/// Retrying cannot make a message readable: it goes to the dead-letter queue, which keeps it.
+async fn forward_unreadable(env: &Env, delivery: &Delivery, e: String) {
+    console_error!("message {} is unreadable ({e}); forwarding it to {DEAD_LETTER_QUEUE}", delivery.id);
+    // Wrapped, so the reason travels with the body.
+    let text = body_text(delivery);
+    let body = serde_json::from_str::<serde_json::Value>(&text).unwrap_or(serde_json::Value::String(text));
+    let wrapped = serde_json::json!({ "unreadable": body, "error": e, "messageId": delivery.id });
+    // As parsed JSON: serde would turn the objects into JS Maps.
+    let forwarded = match (env.queue(DEAD_LETTERS), worker::js_sys::JSON::parse(&wrapped.to_string())) {
+        (Ok(dlq), Ok(value)) => dlq.send_raw(RawMessageBuilder::new(value).build_with_content_type(QueueContentType::Json)).await,
+        (Err(e), _) => Err(e),
+        (_, Err(e)) => Err(Error::from(e)),
     };
-    // The lease outlasts the longest a step may take, with a margin for its bookkeeping.
-    let lease_until = started_at + chrono::Duration::seconds(limits.max_seconds as i64 + 120);
-    match meta::acquire_lease(&meta_db, meta::Leased::Run, &run.id, msg.step, &delivery.id, lease_until, started_at).await {
-        Ok(true) => {}
-        Ok(false) => {
-            // Another delivery holds the run. Its message is redelivered until it is done, so
-            // this duplicate can go.
-            console_log!("{label}: another delivery is exporting this run; duplicate acknowledged");
-            let attempt = Attempt {
-                run_id: &run.id,
-                step: msg.step,
-                attempt: delivery.attempt,
-                started_at,
-                outcome: "leased_elsewhere",
-                error: None,
-                retry_delay_seconds: None,
-            };
-            if let Err(e) = meta::record_attempt(&meta_db, &attempt, now()).await {
-                console_error!("{label}: recording the duplicate failed: {e}");
-            }
-            return delivery.ack();
-        }
-        Err(e) => {
-            console_error!("{label}: taking the run failed: {e}");
-            return delivery.retry_in(delay);
-        }
-    }
-
-    match run_step(env, &msg, &run, delivery, started_at, limits).await {
+    match forwarded {
         Ok(()) => delivery.ack(),
-        Err(error) => fail(&meta_db, &run, &msg, delivery, started_at, &error, delay).await,
+        Err(e) => {
+            console_error!("forwarding message {} failed: {e}", delivery.id);
+            delivery.retry_in(5);
+        }
     }
 }
 
-/// Records a failed delivery and asks the queue to retry it after `delay` seconds.
-async fn fail(
-    meta_db: &D1Database,
-    run: &RunView,
-    msg: &BackupMessage,
-    delivery: &Delivery,
+/// One run's export, as a task of the engine.
+struct BackupTask<'a> {
+    env: &'a Env,
+    settings: &'a Settings,
+    msg: BackupMessage,
+    /// The run as read before the lease was taken (its checkpoint is the leased step's).
+    run: RunView,
     started_at: chrono::DateTime<chrono::Utc>,
-    error: &str,
-    delay: u32,
-) {
-    let label = label(msg, delivery);
-    console_error!("{label}: attempt failed: {error}; retrying in {delay} s");
-    let attempt = Attempt {
-        run_id: &run.id,
-        step: msg.step,
-        attempt: delivery.attempt,
-        started_at,
-        outcome: "retrying",
-        error: Some(error),
-        retry_delay_seconds: Some(delay),
-    };
-    let job_id = msg.job_id.to_string();
-    if let Err(e) = meta::fail_run(meta_db, run, &job_id, RunState::Retrying, error, Some(&attempt), now()).await {
-        console_error!("{label}: recording the failure failed too: {e}");
-    }
-    delivery.retry_in(delay);
+    /// Set once the run has ended: its job's outcome alert is then due.
+    ended_job: Option<String>,
 }
 
-/// Runs one export step and records what it did.
-async fn run_step(
-    env: &Env,
-    msg: &BackupMessage,
-    run: &RunView,
-    delivery: &Delivery,
-    started_at: chrono::DateTime<chrono::Utc>,
-    limits: shared::config::ExportLimits,
-) -> std::result::Result<(), String> {
-    let label = label(msg, delivery);
-    let meta_db = env.d1(bindings::META).map_err(|e| e.to_string())?;
-    let checkpoint: Option<BackupCheckpoint> = match (&run.checkpoint, msg.step) {
-        (_, 0) => None,
-        (Some(json), _) => Some(serde_json::from_str(json).map_err(|e| format!("unreadable checkpoint: {e}"))?),
-        (None, step) => return Err(format!("step {step} has no checkpoint to resume from")),
-    };
-    let target = match &checkpoint {
-        Some(c) => c.target.clone(),
-        None => first_target(msg, run, limits.rows_per_query)?,
-    };
+impl BackupTask<'_> {
+    fn attempt<'r>(&'r self, lease: &Lease, outcome: &'r str, error: Option<&'r str>, delay: Option<u32>) -> Attempt<'r> {
+        Attempt {
+            run_id: &self.run.id,
+            step: lease.step,
+            attempt: lease.attempt,
+            started_at: self.started_at,
+            outcome,
+            error,
+            retry_delay_seconds: delay,
+        }
+    }
 
-    let databases = config::databases(env).map_err(|e| e.to_string())?;
-    let binding = databases
-        .iter()
-        .find(|d| d.name == msg.database)
-        .map(|d| d.binding.clone())
-        .ok_or_else(|| format!("database {:?} is not configured", msg.database))?;
-    let source_db = env.d1(&binding).map_err(|e| format!("binding {binding}: {e}"))?;
-    let bookmark = checkpoint.as_ref().and_then(|c| c.bookmark().map(str::to_owned));
-    let source = D1Source::open(&source_db, bookmark.as_deref()).map_err(|e| e.to_string())?;
-    let store = R2Store::new(env.bucket(bindings::BACKUPS).map_err(|e| e.to_string())?);
-    // Fault injection (local and test stacks only: the producer refuses it elsewhere).
-    let mut source = FaultySource { inner: source, fault: msg.fault, attempt: delivery.attempt };
-    let mut store = FaultyStore { inner: store, fault: msg.fault, attempt: delivery.attempt, target_key: target.key.clone() };
-    let clock = || Date::now().as_millis() as i64;
+    fn store(&self) -> std::result::Result<R2Store, TaskError> {
+        Ok(R2Store::new(self.env.bucket(bindings::BACKUPS).map_err(|e| TaskError::permanent(format!("binding BACKUPS: {e}")))?))
+    }
+}
 
-    let progress = backup_step(&mut source, &mut store, &clock, &target, limits.step_budget(), checkpoint.as_ref())
-        .await
-        .map_err(|e| e.to_string())?;
-    let attempt = |outcome| Attempt {
-        run_id: &run.id,
-        step: msg.step,
-        attempt: delivery.attempt,
-        started_at,
-        outcome,
-        error: None,
-        retry_delay_seconds: None,
-    };
-    match progress {
-        BackupProgress::Paused { checkpoint: next, superseded } => {
-            let json = serde_json::to_string(&next).map_err(|e| e.to_string())?;
-            // The next message goes first, then the checkpoint it needs: a message that
-            // arrives before its checkpoint is retried, while a checkpoint without its message
-            // would strand the run.
-            let queue = env.queue(bindings::BACKUP_QUEUE).map_err(|e| e.to_string())?;
-            queue.send(msg.continuation(next.step)).await.map_err(|e| format!("queueing step {}: {e}", next.step))?;
-            let recorded = meta::save_checkpoint(&meta_db, &run.id, msg.step, &json, &attempt("continued"), now())
-                .await
-                .map_err(|e| format!("saving the checkpoint: {e}"))?;
-            if !recorded {
-                console_log!("{label}: another delivery recorded this step first");
+impl StepBody for BackupTask<'_> {
+    fn kind(&self) -> TaskKind {
+        TaskKind::Backup
+    }
+
+    fn task_id(&self) -> String {
+        self.run.id.clone()
+    }
+
+    fn label(&self) -> String {
+        label(&self.msg)
+    }
+
+    async fn run(&mut self, db: &D1Database, _task: &TaskRecord, lease: &Lease) -> std::result::Result<StepOutcome, TaskError> {
+        let label = format!("{} step {}", label(&self.msg), lease.step);
+        let checkpoint: Option<BackupCheckpoint> = match (&self.run.checkpoint, lease.step) {
+            (_, 0) => None,
+            (Some(json), _) => {
+                Some(serde_json::from_str(json).map_err(|e| TaskError::permanent(format!("unreadable checkpoint: {e}")))?)
             }
-            delete_staging(&mut store.inner, superseded.as_deref()).await;
-            console_log!(
-                "{label}: paused after {} parts; continuing in step {}; wasm memory {} MiB",
-                next.upload.parts.len(),
-                next.step,
-                wasm_memory_mib()
-            );
-        }
-        BackupProgress::Complete { summary, superseded } => {
-            let key = BackupKey::parse(&summary.key).ok_or_else(|| format!("unexpected key {}", summary.key))?;
-            meta::succeed_run(&meta_db, run, &key, &summary, &attempt("succeeded"), now())
-                .await
-                .map_err(|e| format!("recording the backup failed: {e}"))?;
-            delete_staging(&mut store.inner, superseded.as_deref()).await;
-            operations::start_verification(env, &meta_db, &msg.database, &run.id, &summary).await;
-            raise_job_alerts(env, &meta_db, &msg.job_id.to_string()).await;
-            console_log!(
-                "{label}: {} bytes, {} rows in {} tables in {} steps -> {}; wasm memory {} MiB",
-                summary.bytes,
-                summary.rows,
-                summary.tables.len(),
-                summary.steps,
-                summary.key,
-                wasm_memory_mib()
-            );
+            (None, step) => return Err(TaskError::permanent(format!("step {step} has no checkpoint to resume from"))),
+        };
+        let target = match &checkpoint {
+            Some(c) => c.target.clone(),
+            None => first_target(&self.msg, &self.run, self.settings.export.rows_per_query)?,
+        };
+        let database = self
+            .settings
+            .database(&self.msg.database)
+            .ok_or_else(|| TaskError::permanent(format!("database {:?} is not configured", self.msg.database)))?;
+        let source_db =
+            self.env.d1(&database.binding).map_err(|e| TaskError::permanent(format!("binding {}: {e}", database.binding)))?;
+        let bookmark = checkpoint.as_ref().and_then(|c| c.bookmark().map(str::to_owned));
+        let source = D1Source::open(&source_db, bookmark.as_deref())?;
+        // Fault injection (local and test stacks only: the producer refuses it elsewhere).
+        let mut source = FaultySource { inner: source, fault: self.msg.fault, attempt: lease.attempt };
+        let mut store =
+            FaultyStore { inner: self.store()?, fault: self.msg.fault, attempt: lease.attempt, target_key: target.key.clone() };
+        let clock = || Date::now().as_millis() as i64;
+
+        let progress = backup_step(&mut source, &mut store, &clock, &target, self.settings.export.step_budget(), checkpoint.as_ref())
+            .await
+            .map_err(|e| TaskError::transient(e.to_string()))?;
+        let statement_error = |e: Error| TaskError::transient(e.to_string());
+        match progress {
+            BackupProgress::Paused { checkpoint: next, superseded } => {
+                let json = serde_json::to_string(&next).map_err(|e| TaskError::permanent(e.to_string()))?;
+                let statements = vec![
+                    tasks::checkpoint(db, lease, &json, now()).map_err(statement_error)?,
+                    meta::attempt_statement(db, &self.attempt(lease, "continued", None, None), now()).map_err(statement_error)?,
+                ];
+                tasks::commit(db, lease, statements).await.map_err(|e| e.context("saving the checkpoint"))?;
+                delete_staging(&mut store.inner, superseded.as_deref()).await;
+                console_log!(
+                    "{label}: paused after {} parts; continuing in step {}; wasm memory {} MiB",
+                    next.upload.parts.len(),
+                    next.step,
+                    wasm_memory_mib()
+                );
+                Ok(StepOutcome::Continued)
+            }
+            BackupProgress::Complete { summary, superseded } => {
+                let key = BackupKey::parse(&summary.key)
+                    .ok_or_else(|| TaskError::permanent(format!("unexpected key {}", summary.key)))?;
+                let mut statements = vec![tasks::finish(db, lease, TaskState::Succeeded, None, now()).map_err(statement_error)?];
+                let attempt = self.attempt(lease, "succeeded", None, None);
+                statements.extend(meta::backup_statements(db, &self.run, &key, &summary, &attempt, now()).map_err(statement_error)?);
+                tasks::commit(db, lease, statements).await.map_err(|e| e.context("recording the backup"))?;
+                delete_staging(&mut store.inner, superseded.as_deref()).await;
+                operations::start_verification(self.env, self.settings, db, &self.msg.database, &self.run.id, &summary).await;
+                self.ended_job = Some(self.msg.job_id.to_string());
+                console_log!(
+                    "{label}: {} bytes, {} rows in {} tables in {} steps -> {}; wasm memory {} MiB",
+                    summary.bytes,
+                    summary.rows,
+                    summary.tables.len(),
+                    summary.steps,
+                    summary.key,
+                    wasm_memory_mib()
+                );
+                Ok(StepOutcome::Finished)
+            }
         }
     }
-    Ok(())
+
+    fn failure_statements(
+        &self,
+        db: &D1Database,
+        lease: &Lease,
+        error: &TaskError,
+        verdict: &Verdict,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<D1PreparedStatement>> {
+        Ok(match verdict {
+            Verdict::Retry { delay_seconds, .. } => {
+                vec![meta::attempt_statement(db, &self.attempt(lease, "retrying", Some(&error.message), Some(*delay_seconds)), now)?]
+            }
+            Verdict::Dead => vec![
+                meta::attempt_statement(db, &self.attempt(lease, "dead", Some(&error.message), None), now)?,
+                meta::run_dead_alert(db, &self.msg.job_id.to_string(), &self.msg.database, &error.message, lease.attempt, now)?,
+            ],
+            Verdict::Abandon => Vec::new(),
+        })
+    }
+
+    async fn dying(&mut self, _db: &D1Database, _error: &TaskError) {
+        discard_upload(self.env, &self.run, &label(&self.msg)).await;
+        self.ended_job = Some(self.msg.job_id.to_string());
+    }
+
+    async fn ended(&mut self, db: &D1Database) {
+        if let Some(job_id) = self.ended_job.take() {
+            raise_job_alerts(self.env, self.settings, db, &job_id).await;
+        }
+    }
+
+    async fn send(&self, step: u32, delay_seconds: u32) -> Result<()> {
+        if step > 0 && Fault::fails(self.msg.fault.as_ref(), FaultStage::ContinueSend, step) {
+            return Err(Error::RustError(format!("injected fault: the message of step {step} is lost")));
+        }
+        let message = MessageBuilder::new(self.msg.continuation(step)).delay_seconds(delay_seconds).build();
+        self.env.queue(bindings::BACKUP_QUEUE)?.send(message).await
+    }
+}
+
+/// Frees what an unfinished run holds in R2 (its multipart upload, its parked tail).
+async fn discard_upload(env: &Env, run: &RunView, label: &str) {
+    let Some(checkpoint) = run.checkpoint.as_deref().and_then(|j| serde_json::from_str::<BackupCheckpoint>(j).ok()) else {
+        return;
+    };
+    match env.bucket(bindings::BACKUPS) {
+        Ok(bucket) => {
+            if let Err(e) = discard(&mut R2Store::new(bucket), &checkpoint).await {
+                console_error!("{label}: freeing the unfinished upload failed: {e}");
+            }
+        }
+        Err(e) => console_error!("{label}: freeing the unfinished upload failed: {e}"),
+    }
 }
 
 /// What the first step of a run writes where; later steps take it from the checkpoint.
-fn first_target(msg: &BackupMessage, run: &RunView, rows_per_query: u32) -> std::result::Result<BackupTarget, String> {
+fn first_target(msg: &BackupMessage, run: &RunView, rows_per_query: u32) -> std::result::Result<BackupTarget, TaskError> {
     // The key was decided when the job was created (it says whether the dump is gzipped).
-    let key = BackupKey::parse(&run.r2_key).ok_or_else(|| format!("run has an unexpected key {}", run.r2_key))?;
+    let key = BackupKey::parse(&run.r2_key).ok_or_else(|| TaskError::permanent(format!("run has an unexpected key {}", run.r2_key)))?;
     let metadata = BTreeMap::from([
         ("database".to_string(), msg.database.clone()),
         ("job".to_string(), msg.job_id.to_string()),
@@ -365,8 +387,8 @@ pub(crate) fn wasm_memory_mib() -> usize {
 
 /// Raises the job's outcome alert once its last run is final, and delivers pending alerts.
 /// Alerting never fails a backup: errors are logged.
-async fn raise_job_alerts(env: &Env, meta_db: &D1Database, job_id: &str) {
-    if let Err(e) = platform::alerts::record_job_outcome(env, meta_db, job_id, now()).await {
+async fn raise_job_alerts(env: &Env, settings: &Settings, meta_db: &D1Database, job_id: &str) {
+    if let Err(e) = platform::alerts::record_job_outcome(settings, meta_db, job_id, now()).await {
         console_error!("job {job_id}: recording its outcome alert failed: {e}");
     }
     deliver_alerts(env, meta_db).await;
@@ -378,7 +400,8 @@ async fn deliver_alerts(env: &Env, meta_db: &D1Database) {
     }
 }
 
-/// A message out of retries, or one nobody could read.
+/// A message out of deliveries (the engine could not even record its failure), or one nobody
+/// could read.
 async fn bury(env: &Env, delivery: &Delivery) {
     let result = async {
         let meta_db = env.d1(bindings::META)?;
@@ -392,27 +415,23 @@ async fn bury(env: &Env, delivery: &Delivery) {
                 return Ok(());
             }
         };
-        let label = label(&msg, delivery);
+        let label = label(&msg);
+        let settings = config::settings(env)?;
         let Some(run) = meta::find_run(&meta_db, &msg.job_id, &msg.database).await? else {
             console_error!("{label}: dead letter for an unknown run");
             return Ok(());
         };
         // Only the delivery that carries the run's current step can kill it: a late duplicate
         // of a step already done, or a run that ended, leaves the run as it is.
-        if matches!(run.state(), RunState::Succeeded | RunState::Dead) || msg.step != run.step {
+        if run.state().is_final() || msg.step != run.step {
             console_log!("{label}: dead letter for a run {} at step {}; nothing to do", run.state, run.step);
             return Ok(());
         }
-        if let Some(checkpoint) = run.checkpoint.as_deref().and_then(|j| serde_json::from_str::<BackupCheckpoint>(j).ok()) {
-            let mut store = R2Store::new(env.bucket(bindings::BACKUPS)?);
-            if let Err(e) = discard(&mut store, &checkpoint).await {
-                console_error!("{label}: freeing the unfinished upload failed: {e}");
-            }
-        }
-        let error = run.error.clone().unwrap_or_else(|| "retries exhausted".into());
-        meta::fail_run(&meta_db, &run, &msg.job_id.to_string(), RunState::Dead, &error, None, now()).await?;
+        discard_upload(env, &run, &label).await;
+        let error = run.error.clone().unwrap_or_else(|| "the message ran out of deliveries".into());
+        meta::bury_run(&meta_db, &run, &msg.job_id.to_string(), &error, now()).await?;
         console_error!("{label}: dead after {} attempts: {error}", run.attempts);
-        raise_job_alerts(env, &meta_db, &msg.job_id.to_string()).await;
+        raise_job_alerts(env, &settings, &meta_db, &msg.job_id.to_string()).await;
         Ok::<(), Error>(())
     }
     .await;

@@ -3,14 +3,18 @@
 //! Each operation has its database to itself for as long as it runs (a lock in the metadata
 //! database: the scratch database for verifications, the target for restores); a message that
 //! finds the lock taken, or a restore still waiting for the backup of its target, comes back
-//! later as a new message, without counting as a failure.
+//! later as a new message, without counting as a failure. Each operation is a task of the
+//! engine (`platform::tasks`); this file holds its step body.
 
 use crate::{wasm_memory_mib, Delivery};
 use platform::d1_source::D1Target;
 use platform::meta;
 use platform::operations::{self, OperationView};
 use platform::r2_store::R2Store;
-use platform::{bindings, config, now};
+use platform::tasks::{self, StepBody, StepOutcome};
+use platform::{bindings, now};
+use shared::config::Settings;
+use shared::task::{Lease, TaskError, TaskKind, TaskRecord, Verdict};
 use shared::alerts::Alert;
 use shared::backup::BackupSummary;
 use shared::message::OperationMessage;
@@ -28,26 +32,29 @@ const WAIT_SECONDS: u32 = 5;
 
 /// Starts verifying a dump just stored, or records why it is not verified. Never fails the
 /// backup: errors are logged.
-pub(crate) async fn start_verification(env: &Env, meta_db: &D1Database, database: &str, run_id: &str, summary: &BackupSummary) {
-    if let Err(e) = try_start_verification(env, meta_db, database, run_id, summary).await {
+pub(crate) async fn start_verification(
+    env: &Env,
+    settings: &Settings,
+    meta_db: &D1Database,
+    database: &str,
+    run_id: &str,
+    summary: &BackupSummary,
+) {
+    if let Err(e) = try_start_verification(env, settings, meta_db, database, run_id, summary).await {
         console_error!("run {run_id}: starting its verification failed: {e}");
     }
 }
 
 async fn try_start_verification(
     env: &Env,
+    settings: &Settings,
     meta_db: &D1Database,
     database: &str,
     run_id: &str,
     summary: &BackupSummary,
 ) -> Result<()> {
-    let configured = config::databases(env)?;
     let has_scratch = env.d1(bindings::VERIFY_DB).is_ok();
-    let skip = config::operation_limits(env)?.skip_reason(
-        configured.iter().find(|d| d.name == database),
-        has_scratch,
-        summary.bytes,
-    );
+    let skip = settings.operation.skip_reason(settings.database(database), has_scratch, summary.bytes);
     if let Some(reason) = skip {
         console_log!("run {run_id}: not verified: {reason}");
         return operations::skip_verification(meta_db, run_id, &reason).await;
@@ -62,7 +69,7 @@ async fn try_start_verification(
         }),
         table: None,
         expected: summary.tables.clone(),
-        rows_per_query: config::export_limits(env)?.rows_per_query,
+        rows_per_query: settings.export.rows_per_query,
     };
     let op = operations::NewOperation {
         plan: &plan,
@@ -73,9 +80,7 @@ async fn try_start_verification(
         target: None,
         pre_backup_job_id: None,
     };
-    operations::create_operation(meta_db, &op, now()).await?;
-    let id = Uuid::parse_str(&plan.id).map_err(|e| Error::RustError(e.to_string()))?;
-    env.queue(bindings::RESTORE_QUEUE)?.send(OperationMessage::new(id)).await
+    operations::start_operation(env, meta_db, &op, now()).await
 }
 
 /// Handles one message of the `restore-jobs` queue.
@@ -94,165 +99,181 @@ pub(crate) async fn operate(env: &Env, delivery: &Delivery) {
             return delivery.ack();
         }
     };
-    let label = format!("operation {} step {} attempt {}", msg.operation_id, msg.step, delivery.attempt);
-    match step(env, &msg, delivery, &label).await {
-        Ok(Retry::No) => delivery.ack(),
-        Ok(Retry::In(seconds)) => delivery.retry_in(seconds),
+    let Some(settings) = crate::settings(env, delivery) else { return };
+    let label = format!("operation {}", msg.operation_id);
+    let meta_db = match env.d1(bindings::META) {
+        Ok(db) => db,
         Err(e) => {
             console_error!("{label}: {e}");
-            delivery.retry_in(30);
+            return delivery.retry_in(settings.retry.base_seconds);
         }
+    };
+    let op = match operations::get_operation(&meta_db, &msg.operation_id.to_string()).await {
+        Ok(Some(op)) => op,
+        Ok(None) => {
+            console_error!("{label}: no such operation recorded; dropping the message");
+            return delivery.ack();
+        }
+        Err(e) => {
+            console_error!("{label}: reading the operation failed: {e}");
+            return delivery.retry_in(settings.retry.base_seconds);
+        }
+    };
+    let step = msg.step;
+    let mut task = OperationTask { env, settings: &settings, msg, op, label, outcome: None, died_of: None };
+    crate::settle(delivery, tasks::deliver(&meta_db, &settings, &mut task, step, &delivery.id).await);
+}
+
+/// A verification or a restore, as a task of the engine.
+struct OperationTask<'a> {
+    env: &'a Env,
+    settings: &'a Settings,
+    msg: OperationMessage,
+    op: OperationView,
+    label: String,
+    /// How it ended, once it has.
+    outcome: Option<OperationOutcome>,
+    died_of: Option<String>,
+}
+
+impl OperationTask<'_> {
+    /// Records how the operation ended, in the step's fenced batch.
+    async fn finish(&mut self, db: &D1Database, lease: &Lease, outcome: OperationOutcome) -> std::result::Result<StepOutcome, TaskError> {
+        let statement_error = |e: Error| TaskError::transient(e.to_string());
+        let (state, error, rows) = operations::outcome_statements(db, &self.op, &outcome, now()).map_err(statement_error)?;
+        let mut statements = vec![tasks::finish(db, lease, state, error.as_deref(), now()).map_err(statement_error)?];
+        statements.extend(rows);
+        tasks::commit(db, lease, statements).await.map_err(|e| e.context("recording the outcome"))?;
+        let verdict = serde_json::to_string(&outcome).unwrap_or_default();
+        let succeeded = outcome.succeeded();
+        console_log!("{}: {} {}; wasm memory {} MiB", self.label, self.op.kind, if succeeded { "succeeded" } else { "failed" }, wasm_memory_mib());
+        if !succeeded {
+            console_error!("{}: {verdict}", self.label);
+        }
+        self.outcome = Some(outcome);
+        Ok(StepOutcome::Finished)
     }
 }
 
-/// What becomes of the message once its step is handled.
-enum Retry {
-    /// Acknowledge it.
-    No,
-    /// Deliver it again after this many seconds.
-    In(u32),
-}
-
-/// Comes back later as a new message: waiting is not a failed attempt.
-async fn wait(env: &Env, msg: &OperationMessage) -> Result<Retry> {
-    let again = MessageBuilder::new(msg.clone()).delay_seconds(WAIT_SECONDS).build();
-    env.queue(bindings::RESTORE_QUEUE)?.send(again).await?;
-    Ok(Retry::No)
-}
-
-async fn step(env: &Env, msg: &OperationMessage, delivery: &Delivery, label: &str) -> Result<Retry> {
-    let meta_db = env.d1(bindings::META)?;
-    let Some(op) = operations::get_operation(&meta_db, &msg.operation_id.to_string()).await? else {
-        console_error!("{label}: no such operation recorded; dropping the message");
-        return Ok(Retry::No);
-    };
-    if op.is_final() || msg.step < op.step {
-        console_log!("{label}: operation {} at step {}; duplicate or late delivery acknowledged", op.state, op.step);
-        return Ok(Retry::No);
-    }
-    if msg.step > op.step {
-        console_log!("{label}: checkpoint of step {} not recorded yet", msg.step - 1);
-        return Ok(Retry::In(1));
-    }
-    let limits = config::export_limits(env)?;
-    let started_at = now();
-
-    // A restore over data waits for the backup of its target.
-    if let (0, Some(job_id)) = (msg.step, op.pre_backup_job_id.as_deref()) {
-        let job_id = Uuid::parse_str(job_id).map_err(|e| Error::RustError(e.to_string()))?;
-        match meta::get_job(&meta_db, &job_id).await?.map(|j| j.status) {
-            Some(JobStatus::Completed) => {}
-            Some(JobStatus::Queued | JobStatus::Running) => return wait(env, msg).await,
-            _ => {
-                let outcome = OperationOutcome::Failed {
-                    table: None,
-                    message: format!("the backup of the target taken before restoring (job {job_id}) failed; nothing was changed"),
-                };
-                finish(env, &meta_db, &op, &outcome, label).await?;
-                return Ok(Retry::No);
-            }
-        }
+impl StepBody for OperationTask<'_> {
+    fn kind(&self) -> TaskKind {
+        TaskKind::Operation
     }
 
-    let lock = match &op.target {
-        None => "scratch".to_string(),
-        Some(target) => format!("database:{target}"),
-    };
-    let lease_until = started_at + chrono::Duration::seconds(limits.max_seconds as i64 + 120);
-    if !operations::acquire_lock(&meta_db, &lock, &op.id, lease_until, started_at).await? {
-        console_log!("{label}: {lock} is in use by another operation; waiting");
-        return wait(env, msg).await;
-    }
-    if !meta::acquire_lease(&meta_db, meta::Leased::Operation, &op.id, msg.step, &delivery.id, lease_until, started_at).await? {
-        console_log!("{label}: another delivery is running this step; duplicate acknowledged");
-        return Ok(Retry::No);
+    fn task_id(&self) -> String {
+        self.op.id.clone()
     }
 
-    match run(env, &meta_db, &op, msg, limits, label).await {
-        Ok(()) => Ok(Retry::No),
-        Err(error) => {
-            let max_attempts = config::operation_limits(env).map(|l| l.max_attempts).unwrap_or(5);
-            let dead = op.failures + 1 >= max_attempts;
-            console_error!("{label}: attempt failed: {error}{}", if dead { "; giving up" } else { "" });
-            operations::fail_operation(&meta_db, &op, &error, dead, now()).await?;
-            if dead {
-                raise_verify_alert(env, &meta_db, &op, None, &format!("could not verify: {error}")).await;
-                return Ok(Retry::No);
-            }
-            let delay = config::retry_policy(env).map(|r| r.delay_seconds(op.failures + 1)).unwrap_or(30);
-            Ok(Retry::In(delay))
-        }
+    fn label(&self) -> String {
+        self.label.clone()
     }
-}
 
-/// Runs one step of the operation and records what it did.
-async fn run(
-    env: &Env,
-    meta_db: &D1Database,
-    op: &OperationView,
-    msg: &OperationMessage,
-    limits: shared::config::ExportLimits,
-    label: &str,
-) -> std::result::Result<(), String> {
-    let plan = op.plan()?;
-    let phase = match &op.checkpoint {
-        Some(json) => serde_json::from_str(json).map_err(|e| format!("unreadable checkpoint: {e}"))?,
-        None => plan.start(),
-    };
-    let binding = match &op.target {
-        None => bindings::VERIFY_DB.to_string(),
-        Some(target) => config::databases(env)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .find(|d| &d.name == target)
-            .map(|d| d.binding)
-            .ok_or_else(|| format!("database {target:?} is not configured"))?,
-    };
-    let mut target = D1Target::new(env.d1(&binding).map_err(|e| format!("binding {binding}: {e}"))?);
-    let mut store = R2Store::new(env.bucket(bindings::BACKUPS).map_err(|e| e.to_string())?);
-    let clock = || Date::now().as_millis() as i64;
-    let progress = operation_step(&mut target, &mut store, &clock, &plan, limits.step_budget(), phase)
-        .await
-        .map_err(|e| e.to_string())?;
-    match progress {
-        OperationProgress::Paused { phase, superseded } => {
-            let json = serde_json::to_string::<OperationPhase>(&phase).map_err(|e| e.to_string())?;
-            let queue = env.queue(bindings::RESTORE_QUEUE).map_err(|e| e.to_string())?;
-            queue.send(msg.continuation(msg.step + 1)).await.map_err(|e| format!("queueing the next step: {e}"))?;
-            operations::save_operation_checkpoint(meta_db, op, msg.step, &json, now())
-                .await
-                .map_err(|e| format!("saving the checkpoint: {e}"))?;
-            if let Some(key) = superseded {
-                let _ = store.delete(&key).await;
-            }
-            console_log!("{label}: paused; continuing in step {}; wasm memory {} MiB", msg.step + 1, wasm_memory_mib());
-        }
-        OperationProgress::Done(outcome) => {
-            if let Some(key) = plan.extracted_key() {
-                if let Err(e) = store.delete(&key).await {
-                    console_error!("{label}: could not delete the extracted copy {key}: {e}");
+    async fn run(&mut self, db: &D1Database, _task: &TaskRecord, lease: &Lease) -> std::result::Result<StepOutcome, TaskError> {
+        let meta_error = |e: Error| TaskError::transient(e.to_string());
+        // A restore over data waits for the backup of its target.
+        if let (0, Some(job_id)) = (lease.step, self.op.pre_backup_job_id.as_deref()) {
+            let job_id = Uuid::parse_str(job_id).map_err(|e| TaskError::permanent(format!("pre-backup job id: {e}")))?;
+            match meta::get_job(db, &job_id).await.map_err(meta_error)?.map(|j| j.status) {
+                Some(JobStatus::Completed) => {}
+                Some(JobStatus::Queued | JobStatus::Running) => return Ok(StepOutcome::Wait(WAIT_SECONDS)),
+                _ => {
+                    let outcome = OperationOutcome::Failed {
+                        table: None,
+                        message: format!("the backup of the target taken before restoring (job {job_id}) failed; nothing was changed"),
+                    };
+                    return self.finish(db, lease, outcome).await;
                 }
             }
-            finish(env, meta_db, op, &outcome, label).await.map_err(|e| e.to_string())?;
+        }
+        let lock = match &self.op.target {
+            None => "scratch".to_string(),
+            Some(target) => format!("database:{target}"),
+        };
+        let lock_until = self.settings.task_policy(TaskKind::Operation).lease_until(now());
+        if !operations::acquire_lock(db, &lock, &self.op.id, lock_until, now()).await.map_err(meta_error)? {
+            console_log!("{}: {lock} is in use by another operation; waiting", self.label);
+            return Ok(StepOutcome::Wait(WAIT_SECONDS));
+        }
+
+        let plan = self.op.plan().map_err(TaskError::permanent)?;
+        let phase = match &self.op.checkpoint {
+            Some(json) => serde_json::from_str(json).map_err(|e| TaskError::permanent(format!("unreadable checkpoint: {e}")))?,
+            None => plan.start(),
+        };
+        let binding = match &self.op.target {
+            None => bindings::VERIFY_DB.to_string(),
+            Some(target) => self
+                .settings
+                .database(target)
+                .map(|d| d.binding.clone())
+                .ok_or_else(|| TaskError::permanent(format!("database {target:?} is not configured")))?,
+        };
+        let mut target = D1Target::new(self.env.d1(&binding).map_err(|e| TaskError::permanent(format!("binding {binding}: {e}")))?);
+        let mut store =
+            R2Store::new(self.env.bucket(bindings::BACKUPS).map_err(|e| TaskError::permanent(format!("binding BACKUPS: {e}")))?);
+        let clock = || Date::now().as_millis() as i64;
+        let budget = self.settings.export.step_budget();
+        match operation_step(&mut target, &mut store, &clock, &plan, budget, phase, lease.token).await? {
+            OperationProgress::Paused { phase, superseded } => {
+                let json = serde_json::to_string::<OperationPhase>(&phase).map_err(|e| TaskError::permanent(e.to_string()))?;
+                let statements = vec![
+                    tasks::checkpoint(db, lease, &json, now()).map_err(meta_error)?,
+                    operations::checkpoint_statement(db, &self.op).map_err(meta_error)?,
+                ];
+                tasks::commit(db, lease, statements).await.map_err(|e| e.context("saving the checkpoint"))?;
+                if let Some(key) = superseded {
+                    let _ = store.delete(&key).await;
+                }
+                console_log!("{}: paused; continuing in step {}; wasm memory {} MiB", self.label, lease.step + 1, wasm_memory_mib());
+                Ok(StepOutcome::Continued)
+            }
+            OperationProgress::Done(outcome) => {
+                if let Some(key) = plan.extracted_key() {
+                    if let Err(e) = store.delete(&key).await {
+                        console_error!("{}: could not delete the extracted copy {key}: {e}", self.label);
+                    }
+                }
+                self.finish(db, lease, outcome).await
+            }
         }
     }
-    Ok(())
-}
 
-async fn finish(env: &Env, meta_db: &D1Database, op: &OperationView, outcome: &OperationOutcome, label: &str) -> Result<()> {
-    operations::finish_operation(meta_db, op, outcome, now()).await?;
-    let verdict = serde_json::to_string(outcome).unwrap_or_default();
-    console_log!("{label}: {} {}; wasm memory {} MiB", op.kind, if outcome.succeeded() { "succeeded" } else { "failed" }, wasm_memory_mib());
-    if !outcome.succeeded() {
-        let table = match outcome {
-            OperationOutcome::Verified(v) => v.failed_table.clone(),
-            OperationOutcome::Failed { table, .. } => table.clone(),
-            OperationOutcome::Restored(_) => None,
-        };
-        console_error!("{label}: {verdict}");
-        raise_verify_alert(env, meta_db, op, table.as_deref(), &verdict).await;
+    fn failure_statements(
+        &self,
+        db: &D1Database,
+        _lease: &Lease,
+        error: &TaskError,
+        verdict: &Verdict,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<worker::D1PreparedStatement>> {
+        match verdict {
+            Verdict::Dead => operations::death_statements(db, &self.op, &error.message, now),
+            _ => Ok(Vec::new()),
+        }
     }
-    Ok(())
+
+    async fn dying(&mut self, _db: &D1Database, error: &TaskError) {
+        self.died_of = Some(error.message.clone());
+    }
+
+    async fn ended(&mut self, db: &D1Database) {
+        if let Some(error) = self.died_of.take() {
+            raise_verify_alert(self.env, db, &self.op, None, &format!("could not verify: {error}")).await;
+        } else if let Some(outcome) = self.outcome.take().filter(|o| !o.succeeded()) {
+            let table = match &outcome {
+                OperationOutcome::Verified(v) => v.failed_table.clone(),
+                OperationOutcome::Failed { table, .. } => table.clone(),
+                OperationOutcome::Restored(_) => None,
+            };
+            let verdict = serde_json::to_string(&outcome).unwrap_or_default();
+            raise_verify_alert(self.env, db, &self.op, table.as_deref(), &verdict).await;
+        }
+    }
+
+    async fn send(&self, step: u32, delay_seconds: u32) -> Result<()> {
+        let message = MessageBuilder::new(self.msg.continuation(step)).delay_seconds(delay_seconds).build();
+        self.env.queue(bindings::RESTORE_QUEUE)?.send(message).await
+    }
 }
 
 /// A failed verification raises `verify_failed` (once per operation) and is delivered at once.

@@ -6,7 +6,8 @@
 use crate::meta::{changed_one, number, opt_text, statement, text, timestamp};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use shared::alerts::{parse_webhooks, webhook_body, Alert, AlertThresholds, Webhook};
+use shared::alerts::{parse_webhooks, webhook_body, Alert, Webhook};
+use shared::config::Settings;
 use worker::{console_error, console_log, D1Database, Env, Fetch, Headers, Method, Request, RequestInit, Result};
 
 /// Deliveries of one alert before it is left unsent for good (it stays recorded).
@@ -41,7 +42,7 @@ pub async fn record(db: &D1Database, alert: &Alert, now: DateTime<Utc>) -> Resul
 
 /// Once every run of a backup job is final: a `job_failed` alert when some died, or a
 /// `job_succeeded` one when `ALERT_ON_SUCCESS` is on. Raised once per job.
-pub async fn record_job_outcome(env: &Env, db: &D1Database, job_id: &str, now: DateTime<Utc>) -> Result<()> {
+pub async fn record_job_outcome(settings: &Settings, db: &D1Database, job_id: &str, now: DateTime<Utc>) -> Result<()> {
     #[derive(Deserialize)]
     struct Row {
         total: u32,
@@ -57,7 +58,7 @@ pub async fn record_job_outcome(env: &Env, db: &D1Database, job_id: &str, now: D
     .first(None)
     .await?;
     let Some(row) = row.filter(|r| r.total > 0 && r.open == 0) else { return Ok(()) };
-    let on_success = env.var("ALERT_ON_SUCCESS").map(|v| v.to_string() == "true").unwrap_or(false);
+    let on_success = settings.alert_on_success;
     let alert = if row.dead > 0 {
         Alert {
             kind: "job_failed".into(),
@@ -81,12 +82,6 @@ pub async fn record_job_outcome(env: &Env, db: &D1Database, job_id: &str, now: D
     };
     record(db, &alert, now).await?;
     Ok(())
-}
-
-/// Thresholds of the cron checks (`ALERT_STALE_HOURS`, `ALERT_SHRINK_PERCENT`).
-pub fn thresholds(env: &Env) -> Result<AlertThresholds> {
-    AlertThresholds::from_vars(|name| env.var(name).ok().map(|v| v.to_string()))
-        .map_err(|e| worker::Error::RustError(e.to_string()))
 }
 
 /// Sends unsent alerts to every configured webhook. Returns how many were delivered.
@@ -203,9 +198,11 @@ async fn post(hook: &Webhook, body: &serde_json::Value) -> std::result::Result<(
 /// The checks run at every cron: databases without a recent successful backup, and each
 /// database's newest backup against the one before it (shrinking, schema changes). Each alert
 /// is raised once (see `Alert::subject`). Returns the alerts newly recorded.
-pub async fn run_cron_checks(env: &Env, db: &D1Database, databases: &[String], now: DateTime<Utc>) -> Result<Vec<Alert>> {
+pub async fn run_cron_checks(settings: &Settings, db: &D1Database, now: DateTime<Utc>) -> Result<Vec<Alert>> {
     use shared::alerts::{comparison_alerts, stale_alerts, BackupFacts};
-    let thresholds = thresholds(env)?;
+    let thresholds = settings.alerts;
+    let databases: Vec<String> = settings.databases.iter().map(|d| d.name.clone()).collect();
+    let databases = databases.as_slice();
     #[derive(Deserialize)]
     struct Last {
         database: String,

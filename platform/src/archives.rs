@@ -10,7 +10,7 @@ use shared::message::ArchiveMessage;
 use shared::ports::ObjectStore;
 use shared::retention::{plan_retention, Decision, RetentionPolicy, StoredKind, StoredObject};
 use uuid::Uuid;
-use worker::{D1Database, Result};
+use worker::{D1Database, D1PreparedStatement, Result};
 
 /// Records the archive job for `week` (or finds the unfinished one) and queues its first step.
 pub async fn enqueue_archive(
@@ -24,7 +24,10 @@ pub async fn enqueue_archive(
     if created {
         let mut message = ArchiveMessage::new(job_id, &week.label());
         message.fault = fault;
-        env.queue(crate::bindings::ARCHIVE_QUEUE)?.send(message).await?;
+        // The job is recorded and due: if this send is lost, the sweeper sends it.
+        if let Err(e) = env.queue(crate::bindings::ARCHIVE_QUEUE)?.send(message).await {
+            worker::console_error!("archive job {job_id}: sending its first message failed ({e}); the sweeper will send it");
+        }
     }
     Ok((job_id, created))
 }
@@ -41,8 +44,8 @@ pub async fn create_archive_job(
     let at = timestamp(now);
     let inserted = statement(
         db,
-        "INSERT INTO archive_jobs (id, week, trigger, state, r2_key, requested_at, queued_at, updated_at) \
-         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?5, ?5) ON CONFLICT DO NOTHING",
+        "INSERT INTO archive_jobs (id, week, trigger, state, r2_key, requested_at, queued_at, updated_at, next_attempt_at) \
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?5, ?5, ?5) ON CONFLICT DO NOTHING",
         &[text(&id.to_string()), text(&week.label()), text(trigger.as_str()), text(&week.archive_key()), text(&at)],
     )?
     .run()
@@ -131,81 +134,41 @@ pub async fn get_archive_job(db: &D1Database, id: &Uuid) -> Result<Option<Archiv
     .await
 }
 
-/// Records that `from_step` finished; false if another delivery recorded it first.
-pub async fn save_archive_checkpoint(
-    db: &D1Database,
-    id: &Uuid,
-    from_step: u32,
-    checkpoint: &str,
-    now: DateTime<Utc>,
-) -> Result<bool> {
-    let result = statement(
-        db,
-        "UPDATE archive_jobs SET step = ?2 + 1, checkpoint = ?3, failures = 0, error = NULL, updated_at = ?4, \
-           lease_owner = NULL, lease_until = NULL \
-         WHERE id = ?1 AND step = ?2 AND state NOT IN ('succeeded', 'dead')",
-        &[text(&id.to_string()), number(u64::from(from_step)), text(checkpoint), text(&timestamp(now))],
-    )?
-    .run()
-    .await?;
-    changed_one(&result)
-}
-
-/// Records a failed delivery: `retrying`, or `dead` (with an alert) when `dead`.
-pub async fn fail_archive_job(db: &D1Database, job: &ArchiveJobView, error: &str, dead: bool, now: DateTime<Utc>) -> Result<()> {
-    let at = timestamp(now);
-    let mut statements = vec![statement(
-        db,
-        "UPDATE archive_jobs SET state = ?2, failures = failures + 1, error = ?3, updated_at = ?4, \
-           finished_at = CASE WHEN ?2 = 'dead' THEN ?4 END, lease_owner = NULL, lease_until = NULL, \
-           checkpoint = CASE WHEN ?2 = 'dead' THEN NULL ELSE checkpoint END \
-         WHERE id = ?1",
-        &[text(&job.id), text(if dead { "dead" } else { "retrying" }), text(error), text(&at)],
-    )?];
-    if dead {
-        statements.push(statement(
-            db,
-            "INSERT INTO alerts (kind, job_id, message, created_at) VALUES ('archive_dead', ?1, ?2, ?3)",
-            &[text(&job.id), text(&format!("weekly archive of {} is dead: {error}", job.week)), text(&at)],
-        )?);
-    }
-    db.batch(statements).await?;
-    Ok(())
-}
-
-/// Ends a job that had nothing to write (`already_archived`, `nothing_to_archive`).
-pub async fn finish_archive_job_without_archive(db: &D1Database, id: &Uuid, outcome: &str, now: DateTime<Utc>) -> Result<()> {
-    let at = timestamp(now);
+/// The alert of an archive job that died (in the batch that records its death).
+pub fn archive_dead_alert(db: &D1Database, job: &ArchiveJobView, error: &str, now: DateTime<Utc>) -> Result<D1PreparedStatement> {
     statement(
         db,
-        "UPDATE archive_jobs SET state = 'succeeded', outcome = ?2, members = 0, excluded = 0, error = NULL, \
-           finished_at = ?3, updated_at = ?3, checkpoint = NULL, lease_owner = NULL, lease_until = NULL \
-         WHERE id = ?1",
-        &[text(&id.to_string()), text(outcome), text(&at)],
-    )?
-    .run()
-    .await?;
-    Ok(())
+        "INSERT INTO alerts (kind, job_id, message, created_at) VALUES ('archive_dead', ?1, ?2, ?3)",
+        &[text(&job.id), text(&format!("weekly archive of {} is dead: {error}", job.week)), text(&timestamp(now))],
+    )
 }
 
-/// Records a verified archive: the job's outcome, the inventory row, every member and every
-/// daily left out (with an alert each), in one batch.
-pub async fn succeed_archive_job(
+/// The outcome of a job that had nothing to write (`already_archived`, `nothing_to_archive`),
+/// for its fenced batch with the task's `finish`.
+pub fn no_archive_statement(db: &D1Database, id: &Uuid, outcome: &str) -> Result<D1PreparedStatement> {
+    statement(
+        db,
+        "UPDATE archive_jobs SET outcome = ?2, members = 0, excluded = 0 WHERE id = ?1",
+        &[text(&id.to_string()), text(outcome)],
+    )
+}
+
+/// The rows of a verified archive: the job's outcome, the inventory row, every member and every
+/// daily left out (with an alert each), for the last step's fenced batch.
+pub fn archive_statements(
     db: &D1Database,
     id: &Uuid,
     week: &str,
     summary: &ArchiveSummary,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<Vec<D1PreparedStatement>> {
     let at = timestamp(now);
     let job_id = id.to_string();
     let mut statements = vec![
         statement(
             db,
-            "UPDATE archive_jobs SET state = 'succeeded', outcome = 'archived', bytes = ?2, sha256 = ?3, \
-               members = ?4, excluded = ?5, step = ?6, error = NULL, finished_at = ?7, updated_at = ?7, \
-               checkpoint = NULL, lease_owner = NULL, lease_until = NULL \
-             WHERE id = ?1",
+            "UPDATE archive_jobs SET outcome = 'archived', bytes = ?2, sha256 = ?3, members = ?4, excluded = ?5, \
+               step = ?6 WHERE id = ?1",
             &[
                 text(&job_id),
                 number(summary.bytes),
@@ -213,7 +176,6 @@ pub async fn succeed_archive_job(
                 number(summary.members.len() as u64),
                 number(summary.excluded.len() as u64),
                 number(u64::from(summary.steps)),
-                text(&at),
             ],
         )?,
         statement(db, "DELETE FROM archive_members WHERE archive_key = ?1", &[text(&summary.key)])?,
@@ -277,19 +239,16 @@ pub async fn succeed_archive_job(
             ],
         )?);
     }
-    db.batch(statements).await?;
-    Ok(())
+    Ok(statements)
 }
 
-pub async fn save_cleanup_report(db: &D1Database, id: &Uuid, report: &CleanupReport) -> Result<()> {
+/// The report of the retention cleanup that followed the archive.
+pub fn cleanup_report_statement(db: &D1Database, id: &Uuid, report: &CleanupReport) -> Result<D1PreparedStatement> {
     statement(
         db,
         "UPDATE archive_jobs SET cleanup = ?2 WHERE id = ?1",
         &[text(&id.to_string()), text(&serde_json::to_string(report).unwrap_or_default())],
-    )?
-    .run()
-    .await?;
-    Ok(())
+    )
 }
 
 /// The SHA-256 of `week`'s live archive, if it has one.

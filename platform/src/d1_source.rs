@@ -18,14 +18,14 @@ impl D1Source {
     pub fn open(db: &D1Database, bookmark: Option<&str>) -> Result<D1Source, PortError> {
         let session = db
             .with_session(Some(bookmark.unwrap_or("first-primary")))
-            .map_err(|e| PortError(format!("opening a D1 session failed: {e}")))?;
+            .map_err(|e| PortError::from_d1_message(format!("opening a D1 session failed: {e}")))?;
         Ok(D1Source { session })
     }
 }
 
 impl SqlSource for D1Source {
     async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PortError> {
-        let rows = self.session.prepare(sql).raw().await.map_err(|e| PortError(format!("D1 query failed: {e}")))?;
+        let rows = self.session.prepare(sql).raw().await.map_err(|e| PortError::from_d1_message(format!("D1 query failed: {e}")))?;
         Ok(as_text(rows))
     }
 
@@ -63,7 +63,7 @@ impl D1Target {
 
 impl SqlSource for D1Target {
     async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PortError> {
-        let rows = self.db.prepare(sql).raw().await.map_err(|e| PortError(format!("D1 query failed: {e}")))?;
+        let rows = self.db.prepare(sql).raw().await.map_err(|e| PortError::from_d1_message(format!("D1 query failed: {e}")))?;
         Ok(as_text(rows))
     }
 }
@@ -73,7 +73,7 @@ impl SqlTarget for D1Target {
         let prepared = statements.iter().map(|s| self.db.prepare(s)).collect();
         // D1's messages end with SQLite's result code (`...: SQLITE_ERROR`) when SQLite refused
         // a statement, which tells a damaged dump from an unreachable database.
-        self.db.batch(prepared).await.map_err(|e| PortError(format!("D1 batch failed: {e}")))?;
+        self.db.batch(prepared).await.map_err(|e| PortError::from_d1_message(format!("D1 batch failed: {e}")))?;
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ pub mod meta;
 pub mod operations;
 pub mod r2_store;
 pub mod reports;
+pub mod tasks;
 
 /// Binding names, defined once.
 pub mod bindings {

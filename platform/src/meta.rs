@@ -1,18 +1,18 @@
 //! The metadata store: jobs, runs and the backup inventory in the META D1 database.
 //! The schema lives in `migrations/`.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::backup::BackupSummary;
 use shared::keys::{BackupKey, BackupKind};
-use shared::state::{job_status, JobStatus, RunState};
+use shared::ports::{PortError, PortErrorKind};
+use shared::state::{job_status, JobStatus};
+use shared::task::{dead_sql, TaskKind, TaskState};
 use uuid::Uuid;
 use worker::wasm_bindgen::JsValue;
 use worker::{D1Database, D1PreparedStatement, Result};
 
-pub fn timestamp(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
+pub use shared::task::timestamp;
 
 pub(crate) fn statement(db: &D1Database, sql: &str, params: &[JsValue]) -> Result<D1PreparedStatement> {
     db.prepare(sql).bind(params)
@@ -112,8 +112,8 @@ pub async fn create_job(
     for key in job.keys {
         statements.push(statement(
             db,
-            "INSERT INTO runs (id, job_id, database, state, attempts, r2_key, queued_at, updated_at) \
-             VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?5, ?5)",
+            "INSERT INTO runs (id, job_id, database, state, attempts, r2_key, queued_at, updated_at, next_attempt_at) \
+             VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?5, ?5, ?5)",
             &[
                 text(&Uuid::new_v4().to_string()),
                 text(&job.id.to_string()),
@@ -125,8 +125,9 @@ pub async fn create_job(
     }
     match db.batch(statements).await {
         Ok(_) => Ok(true),
-        // The batch is one transaction: a duplicate nightly or idempotency key leaves nothing.
-        Err(e) if e.to_string().contains("UNIQUE constraint failed") => Ok(false),
+        // The batch is one transaction: a duplicate nightly or idempotency key (the only
+        // constraints these inserts can break) leaves nothing.
+        Err(e) if PortError::from_d1_message(e.to_string()).kind == PortErrorKind::Rejected => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -242,8 +243,8 @@ pub struct AttemptView {
 }
 
 impl RunView {
-    pub fn state(&self) -> RunState {
-        RunState::parse(&self.state).unwrap_or(RunState::Queued)
+    pub fn state(&self) -> TaskState {
+        TaskState::parse(&self.state).unwrap_or(TaskState::Queued)
     }
 }
 
@@ -296,7 +297,7 @@ async fn job_view(db: &D1Database, job: JobRow) -> Result<JobView> {
     for run in &mut runs {
         run.history = history.iter().filter(|a| a.run_id == run.id).cloned().collect();
     }
-    let states: Vec<RunState> = runs.iter().map(RunView::state).collect();
+    let states: Vec<TaskState> = runs.iter().map(RunView::state).collect();
     Ok(JobView {
         job_id: job.id,
         kind: job.kind,
@@ -343,53 +344,11 @@ pub async fn find_run(db: &D1Database, job_id: &Uuid, database: &str) -> Result<
     .await
 }
 
-/// Rows worked on in leased steps: backup runs and archive jobs.
-#[derive(Debug, Clone, Copy)]
-pub enum Leased {
-    Run,
-    ArchiveJob,
-    Operation,
-}
-
-/// Takes a row for one delivery: marks it running, counts the attempt and leases it to
-/// `owner` (the queue message id) until `lease_until`, unless another delivery holds an
-/// unexpired lease, the row has ended, or it is at another step. Returns whether this delivery
-/// may work.
-pub async fn acquire_lease(
-    db: &D1Database,
-    leased: Leased,
-    id: &str,
-    step: u32,
-    owner: &str,
-    lease_until: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Result<bool> {
-    let table = match leased {
-        Leased::Run => "runs",
-        Leased::ArchiveJob => "archive_jobs",
-        Leased::Operation => "operations",
-    };
-    let now = timestamp(now);
-    let result = statement(
-        db,
-        &format!(
-            "UPDATE {table} SET state = 'running', attempts = attempts + 1, error = NULL, \
-               lease_owner = ?3, lease_until = ?4, started_at = coalesce(started_at, ?5), updated_at = ?5 \
-             WHERE id = ?1 AND step = ?2 AND state NOT IN ('succeeded', 'failed', 'dead') \
-               AND (lease_until IS NULL OR lease_until < ?5 OR lease_owner = ?3)"
-        ),
-        &[text(id), number(u64::from(step)), text(owner), text(&timestamp(lease_until)), text(&now)],
-    )?
-    .run()
-    .await?;
-    changed_one(&result)
-}
-
 /// One delivery of one step, as it ended.
 pub struct Attempt<'a> {
     pub run_id: &'a str,
     pub step: u32,
-    /// The queue's attempt number for the message (1-based).
+    /// The attempt's number within its step (1-based).
     pub attempt: u32,
     pub started_at: DateTime<Utc>,
     pub outcome: &'a str,
@@ -397,7 +356,7 @@ pub struct Attempt<'a> {
     pub retry_delay_seconds: Option<u32>,
 }
 
-fn attempt_statement(db: &D1Database, a: &Attempt<'_>, now: DateTime<Utc>) -> Result<D1PreparedStatement> {
+pub fn attempt_statement(db: &D1Database, a: &Attempt<'_>, now: DateTime<Utc>) -> Result<D1PreparedStatement> {
     statement(
         db,
         "INSERT INTO run_attempts (run_id, step, attempt, started_at, finished_at, outcome, error, retry_delay_s) \
@@ -413,11 +372,6 @@ fn attempt_statement(db: &D1Database, a: &Attempt<'_>, now: DateTime<Utc>) -> Re
             a.retry_delay_seconds.map(|d| number(u64::from(d))).unwrap_or(JsValue::NULL),
         ],
     )
-}
-
-pub async fn record_attempt(db: &D1Database, attempt: &Attempt<'_>, now: DateTime<Utc>) -> Result<()> {
-    attempt_statement(db, attempt, now)?.run().await?;
-    Ok(())
 }
 
 /// A message no consumer could read: kept, with an alert, instead of retried forever.
@@ -448,78 +402,41 @@ pub async fn record_rejected(
     Ok(())
 }
 
-/// Records that step `from_step` finished and where the next one resumes. Only the first
-/// delivery to finish a step records it: returns false if the run had moved on already.
-pub async fn save_checkpoint(
-    db: &D1Database,
-    run_id: &str,
-    from_step: u32,
-    checkpoint: &str,
-    attempt: &Attempt<'_>,
-    now: DateTime<Utc>,
-) -> Result<bool> {
-    let results = db
-        .batch(vec![
-            statement(
-                db,
-                "UPDATE runs SET step = ?2 + 1, checkpoint = ?3, updated_at = ?4, lease_owner = NULL, \
-                   lease_until = NULL \
-                 WHERE id = ?1 AND step = ?2 AND state NOT IN ('succeeded', 'dead')",
-                &[text(run_id), number(u64::from(from_step)), text(checkpoint), text(&timestamp(now))],
-            )?,
-            attempt_statement(db, attempt, now)?,
-        ])
-        .await?;
-    changed_one(&results[0])
+/// The alert of a run that died (in the batch that records its death).
+pub fn run_dead_alert(db: &D1Database, job_id: &str, database: &str, error: &str, attempts: u32, now: DateTime<Utc>) -> Result<D1PreparedStatement> {
+    statement(
+        db,
+        "INSERT INTO alerts (kind, job_id, database, message, created_at) VALUES ('run_dead', ?1, ?2, ?3, ?4)",
+        &[
+            text(job_id),
+            text(database),
+            text(&format!("backup of {database} is dead after {attempts} attempts: {error}")),
+            text(&timestamp(now)),
+        ],
+    )
 }
 
-/// Records a failed delivery (`retrying`, with its attempt) or a dead run (with an alert).
-pub async fn fail_run(
-    db: &D1Database,
-    run: &RunView,
-    job_id: &str,
-    state: RunState,
-    error: &str,
-    attempt: Option<&Attempt<'_>>,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    let at = timestamp(now);
-    let finished = if state.is_final() { JsValue::from_str(&at) } else { JsValue::NULL };
-    let mut statements = vec![statement(
-        db,
-        "UPDATE runs SET state = ?2, error = ?3, finished_at = ?4, updated_at = ?5, lease_owner = NULL, \
-         lease_until = NULL, checkpoint = CASE WHEN ?2 = 'dead' THEN NULL ELSE checkpoint END WHERE id = ?1",
-        &[text(&run.id), text(state.as_str()), text(error), finished, text(&at)],
-    )?];
-    if let Some(attempt) = attempt {
-        statements.push(attempt_statement(db, attempt, now)?);
-    }
-    if state == RunState::Dead {
-        statements.push(statement(
-            db,
-            "INSERT INTO alerts (kind, job_id, database, message, created_at) VALUES ('run_dead', ?1, ?2, ?3, ?4)",
-            &[
-                text(job_id),
-                text(&run.database),
-                text(&format!("backup of {} is dead after {} attempts: {error}", run.database, run.attempts)),
-                text(&at),
-            ],
-        )?);
-    }
-    db.batch(statements).await?;
+/// Kills a run outside any lease: its message ran out of deliveries (the dead-letter queue)
+/// without the task being able to record it.
+pub async fn bury_run(db: &D1Database, run: &RunView, job_id: &str, error: &str, now: DateTime<Utc>) -> Result<()> {
+    db.batch(vec![
+        statement(db, &dead_sql(TaskKind::Backup), &[text(&run.id), text(error), text(&timestamp(now))])?,
+        run_dead_alert(db, job_id, &run.database, error, run.attempts, now)?,
+    ])
+    .await?;
     Ok(())
 }
 
-/// Records a verified, complete backup: the run's outcome and the inventory entry with its
-/// per-table row counts, in one batch.
-pub async fn succeed_run(
+/// The rows of a complete backup: the run's result and the inventory entry with its per-table
+/// row counts (for the last step's fenced batch, with the task's `finish`).
+pub fn backup_statements(
     db: &D1Database,
     run: &RunView,
     key: &BackupKey,
     summary: &BackupSummary,
     attempt: &Attempt<'_>,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<Vec<D1PreparedStatement>> {
     let attempt_row = attempt_statement(db, attempt, now)?;
     let now = timestamp(now);
     let r2_key = key.to_key();
@@ -528,9 +445,8 @@ pub async fn succeed_run(
     let mut statements = vec![
         statement(
             db,
-            "UPDATE runs SET state = 'succeeded', error = NULL, bytes = ?2, rows = ?3, tables = ?4, \
-             sha256 = ?5, finished_at = ?6, updated_at = ?6, step = ?7, bookmark = ?8, checkpoint = NULL, \
-             lease_owner = NULL, lease_until = NULL WHERE id = ?1",
+            "UPDATE runs SET bytes = ?2, rows = ?3, tables = ?4, sha256 = ?5, finished_at = ?6, updated_at = ?6, \
+             step = ?7, bookmark = ?8 WHERE id = ?1",
             &[
                 text(&run.id),
                 number(summary.bytes),
@@ -576,8 +492,7 @@ pub async fn succeed_run(
             &[text(&r2_key), text(&table.name), number(table.rows), text(&table.sha256), number(position as u64)],
         )?);
     }
-    db.batch(statements).await?;
-    Ok(())
+    Ok(statements)
 }
 
 /// A dead run put back in the queue by an operator.
@@ -615,7 +530,7 @@ pub async fn requeue_dead_run(
     let updated = statement(
         db,
         "UPDATE runs SET state = 'queued', step = 0, checkpoint = NULL, error = NULL, finished_at = NULL, \
-           lease_owner = NULL, lease_until = NULL, queued_at = ?2, updated_at = ?2 \
+           failures = 0, lease_owner = NULL, lease_until = NULL, queued_at = ?2, updated_at = ?2, next_attempt_at = ?2 \
          WHERE id = ?1 AND state = 'dead'",
         &[text(&run_id.to_string()), text(&timestamp(now))],
     )?

@@ -11,7 +11,8 @@ use shared::restore::operation::{DumpSource, OperationKind, OperationOutcome, Op
 use shared::restore::DumpObject;
 use uuid::Uuid;
 use worker::wasm_bindgen::JsValue;
-use worker::{D1Database, Result};
+use shared::task::TaskState;
+use worker::{D1Database, D1PreparedStatement, Result};
 
 /// An operation to record.
 pub struct NewOperation<'a> {
@@ -24,8 +25,20 @@ pub struct NewOperation<'a> {
     pub pre_backup_job_id: Option<Uuid>,
 }
 
+/// Records a queued operation and sends its first message. A send that fails is logged: the
+/// operation is recorded and due, so the sweeper sends it.
+pub async fn start_operation(env: &worker::Env, db: &D1Database, op: &NewOperation<'_>, now: DateTime<Utc>) -> Result<()> {
+    create_operation(db, op, now).await?;
+    let id = Uuid::parse_str(&op.plan.id).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let message = shared::message::OperationMessage::new(id);
+    if let Err(e) = env.queue(crate::bindings::RESTORE_QUEUE)?.send(message).await {
+        worker::console_error!("operation {id}: sending its first message failed ({e}); the sweeper will send it");
+    }
+    Ok(())
+}
+
 /// Records a queued operation; for a verification, marks its run's verification pending.
-pub async fn create_operation(db: &D1Database, op: &NewOperation<'_>, now: DateTime<Utc>) -> Result<()> {
+async fn create_operation(db: &D1Database, op: &NewOperation<'_>, now: DateTime<Utc>) -> Result<()> {
     let at = timestamp(now);
     let kind = match op.plan.kind {
         OperationKind::Verify => "verify",
@@ -35,8 +48,8 @@ pub async fn create_operation(db: &D1Database, op: &NewOperation<'_>, now: DateT
     let mut statements = vec![statement(
         db,
         "INSERT INTO operations (id, kind, state, source_key, database, run_id, archive_key, target, table_name, \
-           pre_backup_job_id, plan, requested_at, updated_at) \
-         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+           pre_backup_job_id, plan, requested_at, updated_at, next_attempt_at) \
+         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?11)",
         &[
             text(&op.plan.id),
             text(kind),
@@ -147,51 +160,23 @@ pub async fn recent_operations(db: &D1Database, limit: u32) -> Result<Vec<Operat
     .results()
 }
 
-/// Records that `from_step` finished; false if another delivery recorded it first. A
-/// verification's run shows `verifying` from its first step on.
-pub async fn save_operation_checkpoint(
-    db: &D1Database,
-    op: &OperationView,
-    from_step: u32,
-    checkpoint: &str,
-    now: DateTime<Utc>,
-) -> Result<bool> {
-    let results = db
-        .batch(vec![
-            statement(
-                db,
-                "UPDATE operations SET step = ?2 + 1, checkpoint = ?3, failures = 0, error = NULL, updated_at = ?4, \
-                   lease_owner = NULL, lease_until = NULL \
-                 WHERE id = ?1 AND step = ?2 AND state NOT IN ('succeeded', 'failed', 'dead')",
-                &[text(&op.id), number(u64::from(from_step)), text(checkpoint), text(&timestamp(now))],
-            )?,
-            statement(
-                db,
-                "UPDATE runs SET verify_state = 'verifying' WHERE verify_operation = ?1 AND verify_state = 'pending'",
-                &[text(&op.id)],
-            )?,
-        ])
-        .await?;
-    changed_one(&results[0])
+/// Recorded with an operation's checkpoint: a verification's run shows `verifying` from its
+/// first step on.
+pub fn checkpoint_statement(db: &D1Database, op: &OperationView) -> Result<D1PreparedStatement> {
+    statement(
+        db,
+        "UPDATE runs SET verify_state = 'verifying' WHERE verify_operation = ?1 AND verify_state = 'pending'",
+        &[text(&op.id)],
+    )
 }
 
-/// Records a failed delivery: `retrying`, or `dead` when the attempts are spent. A dead
-/// verification leaves its run `verify_failed`: a dump nobody could check is not verified.
-pub async fn fail_operation(db: &D1Database, op: &OperationView, error: &str, dead: bool, now: DateTime<Utc>) -> Result<()> {
-    let at = timestamp(now);
-    let mut statements = vec![statement(
-        db,
-        "UPDATE operations SET state = ?2, failures = failures + 1, error = ?3, updated_at = ?4, \
-           finished_at = CASE WHEN ?2 = 'dead' THEN ?4 END, lease_owner = NULL, lease_until = NULL \
-         WHERE id = ?1",
-        &[text(&op.id), text(if dead { "dead" } else { "retrying" }), text(error), text(&at)],
-    )?];
-    if dead {
-        statements.push(verification_result(db, op, "verify_failed", None, &format!("could not verify: {error}"), now)?);
-        statements.push(statement(db, "DELETE FROM locks WHERE owner = ?1", &[text(&op.id)])?);
-    }
-    db.batch(statements).await?;
-    Ok(())
+/// Recorded with an operation's death: a dead verification leaves its run `verify_failed` (a
+/// dump nobody could check is not verified), and the operation's lock goes.
+pub fn death_statements(db: &D1Database, op: &OperationView, error: &str, now: DateTime<Utc>) -> Result<Vec<D1PreparedStatement>> {
+    Ok(vec![
+        verification_result(db, op, "verify_failed", None, &format!("could not verify: {error}"), now)?,
+        statement(db, "DELETE FROM locks WHERE owner = ?1", &[text(&op.id)])?,
+    ])
 }
 
 fn verification_result(
@@ -219,10 +204,15 @@ fn verification_result(
     )
 }
 
-/// Records how an operation ended; a verification's verdict also goes to its run. Releases
-/// the operation's lock.
-pub async fn finish_operation(db: &D1Database, op: &OperationView, outcome: &OperationOutcome, now: DateTime<Utc>) -> Result<()> {
-    let at = timestamp(now);
+/// How an operation ended, for its last fenced batch: the state and error for the task's
+/// `finish`, and the rows to write with it (the outcome; a verification's verdict on its run;
+/// the lock released).
+pub fn outcome_statements(
+    db: &D1Database,
+    op: &OperationView,
+    outcome: &OperationOutcome,
+    now: DateTime<Utc>,
+) -> Result<(TaskState, Option<String>, Vec<D1PreparedStatement>)> {
     let (table, error) = match outcome {
         OperationOutcome::Verified(v) if !v.passed => (v.failed_table.clone(), Some(v.problems.join("; "))),
         OperationOutcome::Failed { table, message } => (table.clone(), Some(message.clone())),
@@ -232,14 +222,13 @@ pub async fn finish_operation(db: &D1Database, op: &OperationView, outcome: &Ope
         ),
         _ => (None, None),
     };
-    let state = if outcome.succeeded() { "succeeded" } else { "failed" };
+    let state = if outcome.succeeded() { TaskState::Succeeded } else { TaskState::Failed };
     let outcome_json = serde_json::to_string(outcome).unwrap_or_default();
     let mut statements = vec![
         statement(
             db,
-            "UPDATE operations SET state = ?2, outcome = ?3, failed_table = ?4, error = ?5, finished_at = ?6, \
-               updated_at = ?6, checkpoint = NULL, lease_owner = NULL, lease_until = NULL WHERE id = ?1",
-            &[text(&op.id), text(state), text(&outcome_json), opt_text(table.as_deref()), opt_text(error.as_deref()), text(&at)],
+            "UPDATE operations SET outcome = ?2, failed_table = ?3 WHERE id = ?1",
+            &[text(&op.id), text(&outcome_json), opt_text(table.as_deref())],
         )?,
         statement(db, "DELETE FROM locks WHERE owner = ?1", &[text(&op.id)])?,
     ];
@@ -253,8 +242,7 @@ pub async fn finish_operation(db: &D1Database, op: &OperationView, outcome: &Ope
         };
         statements.push(verification_result(db, op, verdict, table.as_deref(), &detail, now)?);
     }
-    db.batch(statements).await?;
-    Ok(())
+    Ok((state, error, statements))
 }
 
 /// Takes the lock `name` for `owner` until `until`, or extends it; false when another owner

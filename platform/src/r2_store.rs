@@ -15,7 +15,7 @@ impl R2Store {
 }
 
 fn r2_error(what: &str, key: &str, e: worker::Error) -> PortError {
-    PortError(format!("R2 {what} of {key} failed: {e}"))
+    PortError::unavailable(format!("R2 {what} of {key} failed: {e}"))
 }
 
 fn http_metadata(info: &ObjectInfo) -> HttpMetadata {

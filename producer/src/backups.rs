@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use platform::archives;
 use platform::http::{error, json};
 use platform::meta::{self, Idempotency, NewJob, Trigger};
-use platform::{bindings, config, now};
+use platform::{bindings, now};
+use shared::config::Settings;
+use shared::faults::{Fault, FaultStage};
 use shared::keys::{BackupKey, BackupKind};
 use shared::message::BackupMessage;
 use shared::sha256::ResumableSha256;
@@ -20,7 +22,7 @@ pub(crate) const SEND_BATCH_MAX: usize = 100;
 
 /// `POST /trigger`: records a manual job and queues one message per database (202), or
 /// answers with the job of an `Idempotency-Key` seen within 24 hours.
-pub(crate) async fn trigger(req: &mut Request, env: &Env) -> Result<Response> {
+pub(crate) async fn trigger(req: &mut Request, env: &Env, settings: &Settings) -> Result<Response> {
     let idempotency_key = req.headers().get("Idempotency-Key")?;
     if let Some(key) = &idempotency_key {
         if let Err(e) = check_idempotency_key(key) {
@@ -31,9 +33,7 @@ pub(crate) async fn trigger(req: &mut Request, env: &Env) -> Result<Response> {
         Ok(body) => body,
         Err(response) => return Ok(response),
     };
-    let configured = config::databases(env)?;
-    let environment = env.var("ENVIRONMENT").ok().map(|v| v.to_string());
-    let plan = match plan_trigger(&body, &configured, fault_injection_allowed(environment.as_deref())) {
+    let plan = match plan_trigger(&body, &settings.databases, fault_injection_allowed(settings.environment.as_deref())) {
         Ok(plan) => plan,
         Err(e) => return api_error(e),
     };
@@ -49,7 +49,7 @@ pub(crate) async fn trigger(req: &mut Request, env: &Env) -> Result<Response> {
             return Ok(response);
         }
     }
-    match enqueue_job(env, BackupKind::Manual, Trigger::Http, now(), &plan, idempotency.as_ref()).await? {
+    match enqueue_job(env, settings, BackupKind::Manual, Trigger::Http, now(), &plan, idempotency.as_ref()).await? {
         Some(job_id) => json(
             202,
             &serde_json::json!({ "jobId": job_id, "databases": plan.databases, "status": "queued" }),
@@ -91,11 +91,13 @@ pub(crate) async fn replay(meta_db: &D1Database, idem: &Idempotency<'_>) -> Resu
     Ok(Some(response))
 }
 
-/// Records a job with one queued run per database, then sends one message per database.
+/// Records a job with one queued run per database, then sends one message per database (a
+/// message whose send fails is sent by the sweeper).
 /// Returns `None`, sending nothing, when the job exists already (the night's nightly job, or
 /// the job of the same idempotency key).
 pub(crate) async fn enqueue_job(
     env: &Env,
+    settings: &Settings,
     kind: BackupKind,
     trigger: Trigger,
     requested_at: DateTime<Utc>,
@@ -104,12 +106,11 @@ pub(crate) async fn enqueue_job(
 ) -> Result<Option<Uuid>> {
     let job_id = Uuid::new_v4();
     let meta_db = env.d1(bindings::META)?;
-    let configured = config::databases(env)?;
     let keys: Vec<BackupKey> = plan
         .databases
         .iter()
         .map(|db| {
-            let gzip = configured.iter().any(|c| &c.name == db && c.gzip);
+            let gzip = settings.database(db).is_some_and(|c| c.gzip);
             BackupKey::for_run(kind, requested_at.date_naive(), job_id, db).gzipped(gzip)
         })
         .collect();
@@ -118,11 +119,14 @@ pub(crate) async fn enqueue_job(
     if !meta::create_job(&meta_db, &job, idempotency, now()).await? {
         return Ok(None);
     }
+    // The job is recorded and its runs are due: a send lost here strands nothing, the sweeper
+    // sends it. Fault injection can lose one on purpose.
     let queue = env.queue(bindings::BACKUP_QUEUE)?;
     let copies = if plan.deliver_twice { 2 } else { 1 };
     let messages: Vec<BackupMessage> = plan
         .databases
         .iter()
+        .filter(|db| !Fault::fails(plan.faults.get(*db), FaultStage::EnqueueSend, 1))
         .flat_map(|db| {
             let mut message = BackupMessage::new(job_id, db, kind, requested_at);
             message.fault = plan.faults.get(db).copied();
@@ -130,7 +134,9 @@ pub(crate) async fn enqueue_job(
         })
         .collect();
     for chunk in messages.chunks(SEND_BATCH_MAX) {
-        queue.send_batch(chunk.to_vec()).await?;
+        if let Err(e) = queue.send_batch(chunk.to_vec()).await {
+            console_error!("job {job_id}: sending {} messages failed ({e}); the sweeper will send them", chunk.len());
+        }
     }
     // Fault injection: sent as parsed JSON (serde would turn objects into JS Maps).
     for raw in &plan.raw_messages {
@@ -176,20 +182,22 @@ pub(crate) async fn dead_letters(req: &Request, env: &Env) -> Result<Response> {
 }
 
 /// `POST /runs/:id/retry`: exports a dead run again, from the start.
-pub(crate) async fn retry_run(env: &Env, id: &str) -> Result<Response> {
+pub(crate) async fn retry_run(env: &Env, settings: &Settings, id: &str) -> Result<Response> {
     let Ok(run_id) = Uuid::parse_str(id) else {
         return error(400, "invalid_run_id", "run id must be a UUID");
     };
-    let configured = config::databases(env)?;
     match meta::requeue_dead_run(&env.d1(bindings::META)?, &run_id, now()).await? {
         None => error(404, "run_not_found", format!("no run {run_id}")),
         Some(Err(state)) => error(409, "run_not_dead", format!("run {run_id} is {state}; only dead runs are retried")),
         Some(Ok(run)) => {
-            if !configured.iter().any(|d| d.name == run.database) {
+            if settings.database(&run.database).is_none() {
                 console_error!("retrying run {run_id} of {}, which is no longer configured", run.database);
             }
             let message = BackupMessage::new(run.job_id, &run.database, run.kind, run.requested_at);
-            env.queue(bindings::BACKUP_QUEUE)?.send(message).await?;
+            // The run is due again: if this send is lost, the sweeper sends it.
+            if let Err(e) = env.queue(bindings::BACKUP_QUEUE)?.send(message).await {
+                console_error!("run {run_id}: sending its message failed ({e}); the sweeper will send it");
+            }
             json(202, &serde_json::json!({ "runId": run_id, "jobId": run.job_id, "database": run.database, "status": "queued" }))
         }
     }

@@ -5,6 +5,7 @@
 use platform::http::{authorize, error, json, Auth};
 use platform::meta::Trigger;
 use platform::{bindings, config, millis_to_utc, now};
+use shared::config::Settings;
 use shared::keys::BackupKind;
 use shared::trigger::{ApiError, TriggerPlan, MAX_BODY_BYTES};
 use worker::*;
@@ -21,7 +22,14 @@ use weekly::*;
 
 #[event(fetch)]
 async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
-    match route(&mut req, &env).await {
+    let settings = match config::settings(&env) {
+        Ok(settings) => settings,
+        Err(e) => {
+            console_error!("{} {}: {e}", req.method(), req.path());
+            return error(500, "bad_configuration", format!("the producer's configuration is invalid: {e}"));
+        }
+    };
+    match route(&mut req, &env, &settings).await {
         Ok(response) => Ok(response),
         Err(e) => {
             console_error!("{} {} failed: {e}", req.method(), req.path());
@@ -30,14 +38,14 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
     }
 }
 
-async fn route(req: &mut Request, env: &Env) -> Result<Response> {
+async fn route(req: &mut Request, env: &Env, settings: &Settings) -> Result<Response> {
     let path = req.path();
     let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method();
 
     // Public endpoints.
     match (&method, segments.as_slice()) {
-        (Method::Get, []) => return info(env),
+        (Method::Get, []) => return info(settings),
         (Method::Get, ["health"]) => return json(200, &serde_json::json!({ "ok": true })),
         // The dashboard page is a static shell: it holds no data and no secret, and reads
         // everything through the API with the token the operator enters.
@@ -56,24 +64,24 @@ async fn route(req: &mut Request, env: &Env) -> Result<Response> {
     }
 
     match (method, segments.as_slice()) {
-        (Method::Post, ["trigger"]) => trigger(req, env).await,
-        (Method::Get, ["status"]) => status(env).await,
+        (Method::Post, ["trigger"]) => trigger(req, env, settings).await,
+        (Method::Get, ["status"]) => status(env, settings).await,
         (Method::Get, ["jobs", id]) => job(env, id).await,
         (Method::Get, ["list"]) => list(req, env).await,
         (Method::Get, ["openapi.json"]) => openapi(),
         (Method::Get, ["metrics"]) => metrics(env).await,
         (Method::Get, ["jobs"]) => recent_jobs(req, env).await,
         (Method::Get, ["dead-letters"]) => dead_letters(req, env).await,
-        (Method::Get, ["restore-guide", database]) => restore_guide(req, env, database).await,
-        (Method::Post, ["runs", id, "retry"]) => retry_run(env, id).await,
-        (Method::Post, ["runs", id, "verify"]) => verify_run(env, id).await,
-        (Method::Post, ["restore"]) => restore(req, env).await,
+        (Method::Get, ["restore-guide", database]) => restore_guide(req, env, settings, database).await,
+        (Method::Post, ["runs", id, "retry"]) => retry_run(env, settings, id).await,
+        (Method::Post, ["runs", id, "verify"]) => verify_run(env, settings, id).await,
+        (Method::Post, ["restore"]) => restore(req, env, settings).await,
         (Method::Get, ["operations"]) => recent_operations(req, env).await,
         (Method::Get, ["operations", id]) => operation(env, id).await,
-        (Method::Post, ["archive"]) => archive(req, env).await,
-        (Method::Post, ["cleanup"]) => cleanup(env).await,
+        (Method::Post, ["archive"]) => archive(req, env, settings).await,
+        (Method::Post, ["cleanup"]) => cleanup(env, settings).await,
         (Method::Get, ["download", "weekly", week]) => download_weekly(env, week).await,
-        (Method::Get, ["download", date, database]) => download_daily(env, date, database).await,
+        (Method::Get, ["download", date, database]) => download_daily(env, settings, date, database).await,
         (_, ["trigger"]) | (_, ["status"]) | (_, ["jobs", _]) | (_, ["archive"]) | (_, ["cleanup"])
         | (_, ["download", _, _]) | (_, ["list"]) | (_, ["restore-guide", _]) | (_, ["runs", _, "retry"])
         | (_, ["jobs"]) | (_, ["dead-letters"]) | (_, ["openapi.json"]) | (_, ["metrics"])
@@ -121,21 +129,38 @@ pub(crate) fn limit_param(req: &Request, default: u32, max: u32) -> std::result:
     Ok(limit.unwrap_or(default))
 }
 
+/// The sweeper's cron (see wrangler.toml): re-sends the message of every task that is overdue.
+pub(crate) const SWEEP_CRON: &str = "*/10 * * * *";
+
 #[event(scheduled)]
 async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     let requested_at = millis_to_utc(event.schedule() as i64);
+    let settings = match config::settings(&env) {
+        Ok(settings) => settings,
+        Err(e) => return console_error!("cron {} at {requested_at}: {e}", event.cron()),
+    };
+    if event.cron() == SWEEP_CRON {
+        return match platform::tasks::sweep(&env, &settings, now()).await {
+            Ok(resent) if resent.is_empty() => console_log!("sweep at {requested_at}: nothing overdue"),
+            Ok(resent) => {
+                for (kind, id, step) in &resent {
+                    console_log!("sweep at {requested_at}: re-sent {} {id} step {step}", kind.as_str());
+                }
+            }
+            Err(e) => console_error!("sweep at {requested_at}: {e}"),
+        };
+    }
     let result = async {
-        let databases: Vec<String> = config::databases(&env)?.into_iter().map(|d| d.name).collect();
+        let databases: Vec<String> = settings.databases.iter().map(|d| d.name.clone()).collect();
         let plan = TriggerPlan { databases, ..TriggerPlan::default() };
-        enqueue_job(&env, BackupKind::Daily, Trigger::Cron, requested_at, &plan, None).await
+        enqueue_job(&env, &settings, BackupKind::Daily, Trigger::Cron, requested_at, &plan, None).await
     }
     .await;
     // The checks compare what is stored before tonight's job adds to it; alerting never
     // stops the backups, so its errors are logged only.
     let checks = async {
         let meta_db = env.d1(bindings::META)?;
-        let databases: Vec<String> = config::databases(&env)?.into_iter().map(|d| d.name).collect();
-        let raised = platform::alerts::run_cron_checks(&env, &meta_db, &databases, now()).await?;
+        let raised = platform::alerts::run_cron_checks(&settings, &meta_db, now()).await?;
         for alert in &raised {
             console_log!("alert {}: {}", alert.kind, alert.message);
         }

@@ -9,7 +9,8 @@ use shared::cron::CronSchedule;
 use shared::metrics::{MetricType, MetricsWriter};
 use shared::listing::parse_list_query;
 use platform::meta;
-use platform::{bindings, config, now};
+use platform::{bindings, now};
+use shared::config::Settings;
 use shared::keys::{parse_date, IsoWeek};
 use worker::*;
 use crate::api_error;
@@ -18,13 +19,14 @@ use crate::api_error;
 pub(crate) const BUCKET_NAME: &str = "d1-backups";
 
 /// The Workers' cron schedules (see the three wrangler.toml files).
-pub(crate) const SCHEDULES: [(&str, &str, &str); 2] = [
+pub(crate) const SCHEDULES: [(&str, &str, &str); 3] = [
     ("producer", "0 3 * * *", "nightly backup of every configured database"),
+    ("producer", crate::SWEEP_CRON, "sweep: re-send the message of every overdue task"),
     ("archiver", "0 4 * * SUN", "weekly archive of the last finished ISO week, then retention"),
 ];
 
-pub(crate) fn info(env: &Env) -> Result<Response> {
-    let databases = config::databases(env)?;
+pub(crate) fn info(settings: &Settings) -> Result<Response> {
+    let databases = &settings.databases;
     let schedules: Vec<serde_json::Value> = SCHEDULES
         .iter()
         .map(|(worker, cron, what)| serde_json::json!({ "worker": worker, "cron": cron, "what": what }))
@@ -36,7 +38,7 @@ pub(crate) fn info(env: &Env) -> Result<Response> {
             "version": shared::TOOL_VERSION,
             "databases": databases.len(),
             "schedules": schedules,
-            "retention": config::retention_policy(env)?,
+            "retention": settings.retention,
         }),
     )
 }
@@ -140,12 +142,12 @@ pub(crate) fn dashboard() -> Result<Response> {
 }
 
 /// `GET /status`: where things stand: the last job, what runs next, what is stored.
-pub(crate) async fn status(env: &Env) -> Result<Response> {
+pub(crate) async fn status(env: &Env, settings: &Settings) -> Result<Response> {
     let meta_db = env.d1(bindings::META)?;
     let last_job = meta::last_job(&meta_db).await?;
     let storage = reports::storage_totals(&meta_db).await?;
     let verification = reports::latest_verifications(&meta_db).await?;
-    let databases: Vec<String> = config::databases(env)?.into_iter().map(|d| d.name).collect();
+    let databases: Vec<String> = settings.databases.iter().map(|d| d.name.clone()).collect();
     let status = match &last_job {
         None => "no backups yet",
         Some(job) => match job.status {
@@ -185,7 +187,7 @@ pub(crate) async fn list(req: &Request, env: &Env) -> Result<Response> {
 
 /// `GET /restore-guide/:db[?date=YYYY-MM-DD]`: restore steps for the newest backup of a
 /// database (or its nightly backup of `date`).
-pub(crate) async fn restore_guide(req: &Request, env: &Env, database: &str) -> Result<Response> {
+pub(crate) async fn restore_guide(req: &Request, env: &Env, settings: &Settings, database: &str) -> Result<Response> {
     let url = req.url()?;
     let mut date = None;
     for (name, value) in url.query_pairs() {
@@ -207,7 +209,7 @@ pub(crate) async fn restore_guide(req: &Request, env: &Env, database: &str) -> R
             json(200, &shared::guide::restore_guide(&backup, &origin, BUCKET_NAME))
         }
         None => {
-            let configured = config::databases(env)?.iter().any(|d| d.name == database);
+            let configured = settings.database(database).is_some();
             let what = match &date {
                 Some(date) => format!("no nightly backup of {database} on {date}"),
                 None if configured => format!("{database} has no backup yet"),
@@ -219,13 +221,12 @@ pub(crate) async fn restore_guide(req: &Request, env: &Env, database: &str) -> R
 }
 
 /// `GET /download/:date/:db`: that day's nightly backup, streamed from R2.
-pub(crate) async fn download_daily(env: &Env, date: &str, database: &str) -> Result<Response> {
+pub(crate) async fn download_daily(env: &Env, settings: &Settings, date: &str, database: &str) -> Result<Response> {
     let Some(date) = parse_date(date) else {
         return error(400, "invalid_date", "date must be YYYY-MM-DD");
     };
-    let configured = config::databases(env)?;
-    if !configured.iter().any(|d| d.name == database) {
-        let names: Vec<&str> = configured.iter().map(|d| d.name.as_str()).collect();
+    if settings.database(database).is_none() {
+        let names: Vec<&str> = settings.databases.iter().map(|d| d.name.as_str()).collect();
         return error(404, "unknown_database", format!("no database {database:?}; configured: {names:?}"));
     }
     match meta::daily_backup(&env.d1(bindings::META)?, database, date).await? {

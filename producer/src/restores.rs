@@ -7,35 +7,32 @@ use crate::{api_error, limit_param, read_body};
 use platform::http::{error, json};
 use platform::meta::Trigger;
 use platform::operations::{self, NewOperation, ResolvedBackup};
-use platform::{bindings, config, now};
+use platform::{bindings, now};
+use shared::config::Settings;
 use shared::keys::BackupKind;
-use shared::message::OperationMessage;
 use shared::restore::operation::{OperationKind, OperationPlan};
 use shared::restore::request::parse_restore_request;
 use shared::trigger::TriggerPlan;
 use uuid::Uuid;
 use worker::*;
 
-/// Records an operation and queues its first step.
 async fn start(env: &Env, meta_db: &D1Database, op: &NewOperation<'_>) -> Result<()> {
-    operations::create_operation(meta_db, op, now()).await?;
-    let id = Uuid::parse_str(&op.plan.id).map_err(|e| Error::RustError(e.to_string()))?;
-    env.queue(bindings::RESTORE_QUEUE)?.send(OperationMessage::new(id)).await
+    operations::start_operation(env, meta_db, op, now()).await
 }
 
-fn plan(env: &Env, id: &str, kind: OperationKind, backup: &ResolvedBackup, table: Option<String>) -> Result<OperationPlan> {
+fn plan(settings: &Settings, id: &str, kind: OperationKind, backup: &ResolvedBackup, table: Option<String>) -> Result<OperationPlan> {
     Ok(OperationPlan {
         id: id.to_owned(),
         kind,
         source: backup.source.clone(),
         table,
         expected: Vec::new(),
-        rows_per_query: config::export_limits(env)?.rows_per_query,
+        rows_per_query: settings.export.rows_per_query,
     })
 }
 
 /// `POST /runs/:id/verify`: verifies a stored backup again (202 with the operation).
-pub(crate) async fn verify_run(env: &Env, run_id: &str) -> Result<Response> {
+pub(crate) async fn verify_run(env: &Env, settings: &Settings, run_id: &str) -> Result<Response> {
     if Uuid::parse_str(run_id).is_err() {
         return error(400, "invalid_run_id", "run id must be a UUID");
     }
@@ -51,7 +48,7 @@ pub(crate) async fn verify_run(env: &Env, run_id: &str) -> Result<Response> {
         Err(reason) => return error(409, "backup_unavailable", reason),
     };
     let id = Uuid::new_v4().to_string();
-    let mut plan = plan(env, &id, OperationKind::Verify, &backup, None)?;
+    let mut plan = plan(settings, &id, OperationKind::Verify, &backup, None)?;
     plan.expected = operations::recorded_tables(&meta_db, &key).await?;
     let op = NewOperation {
         plan: &plan,
@@ -68,13 +65,13 @@ pub(crate) async fn verify_run(env: &Env, run_id: &str) -> Result<Response> {
 
 /// `POST /restore`: a dry run (the default) reports what a restore would do; a real one is
 /// recorded and queued (202), after a backup of the target if it holds anything.
-pub(crate) async fn restore(req: &mut Request, env: &Env) -> Result<Response> {
+pub(crate) async fn restore(req: &mut Request, env: &Env, settings: &Settings) -> Result<Response> {
     let body = match read_body(req).await? {
         Ok(body) => body,
         Err(response) => return Ok(response),
     };
-    let configured = config::databases(env)?;
-    let request = match parse_restore_request(&body, &configured) {
+    let configured = &settings.databases;
+    let request = match parse_restore_request(&body, configured) {
         Ok(request) => request,
         Err(e) => return api_error(e),
     };
@@ -166,12 +163,12 @@ pub(crate) async fn restore(req: &mut Request, env: &Env) -> Result<Response> {
             reason: Some(format!("before restoring {} into {}", backup.key, request.target)),
             ..TriggerPlan::default()
         };
-        enqueue_job(env, BackupKind::Manual, Trigger::Http, now(), &plan, None).await?
+        enqueue_job(env, settings, BackupKind::Manual, Trigger::Http, now(), &plan, None).await?
     } else {
         None
     };
     let id = Uuid::new_v4().to_string();
-    let plan = plan(env, &id, OperationKind::Restore, &backup, request.table.clone())?;
+    let plan = plan(settings, &id, OperationKind::Restore, &backup, request.table.clone())?;
     let op = NewOperation {
         plan: &plan,
         source_key: &backup.key,

@@ -357,7 +357,7 @@ async fn write_members<O: ObjectStore, C: Clock>(
             members: state.plan.members.clone(),
             excluded: state.excluded.clone(),
         };
-        let mut json = serde_json::to_vec_pretty(&manifest).map_err(|e| PortError(format!("manifest: {e}")))?;
+        let mut json = serde_json::to_vec_pretty(&manifest).map_err(|e| PortError::unavailable(format!("manifest: {e}")))?;
         json.push(b'\n');
         writer.write(&tar_header(MANIFEST_PATH, json.len() as u64, state.plan.created_at.timestamp())?).await?;
         writer.write(&json).await?;
@@ -408,7 +408,7 @@ async fn write_members<O: ObjectStore, C: Clock>(
 /// prefix/name, octal fields, checksum) rather than hand-written offsets.
 fn tar_header(path: &str, size: u64, mtime: i64) -> Result<[u8; BLOCK as usize], PortError> {
     let mut header = tar::Header::new_ustar();
-    header.set_path(path).map_err(|e| PortError(format!("tar path {path}: {e}")))?;
+    header.set_path(path).map_err(|e| PortError::unavailable(format!("tar path {path}: {e}")))?;
     header.set_entry_type(tar::EntryType::Regular);
     header.set_size(size);
     header.set_mode(0o644);

@@ -314,6 +314,80 @@ impl OperationLimits {
     }
 }
 
+/// Every setting of a Worker, read from its vars once per invocation and passed down: no code
+/// below the entry points reads the environment, and a malformed var fails the invocation the
+/// same way wherever it is used, never falling back to a default in one place only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// `DATABASES` (empty for a Worker without the var: the archiver).
+    pub databases: Vec<DatabaseConfig>,
+    pub export: ExportLimits,
+    pub retry: RetryPolicy,
+    pub retention: RetentionPolicy,
+    pub archive: ArchiveLimits,
+    pub operation: OperationLimits,
+    pub alerts: crate::alerts::AlertThresholds,
+    /// `ALERT_ON_SUCCESS`: also alert when a job succeeds.
+    pub alert_on_success: bool,
+    /// `BACKUP_MAX_ATTEMPTS`: attempts of one export step before its run is dead.
+    pub backup_max_attempts: u32,
+    /// `SWEEP_GRACE_SECONDS`: how long a task's message may take to arrive before the sweeper
+    /// sends it again.
+    pub sweep_grace_seconds: u32,
+    /// `ENVIRONMENT` (`local` or `test` allow fault injection).
+    pub environment: Option<String>,
+}
+
+impl Settings {
+    pub const DEFAULT_BACKUP_MAX_ATTEMPTS: u32 = 6;
+    pub const DEFAULT_SWEEP_GRACE_SECONDS: u32 = 300;
+
+    /// Reads every setting: `get` returns a var's text (`None` when unset), `databases` the
+    /// `DATABASES` object when the Worker has one.
+    pub fn from_vars(
+        get: impl Fn(&str) -> Option<String>,
+        databases: Option<BTreeMap<String, DatabaseEntry>>,
+    ) -> Result<Settings, ConfigError> {
+        let alert_on_success = match get("ALERT_ON_SUCCESS").as_deref().map(str::trim) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(ConfigError(format!("ALERT_ON_SUCCESS must be true or false, not {other:?}"))),
+        };
+        Ok(Settings {
+            databases: match databases {
+                Some(map) => databases_from_map(map)?,
+                None => Vec::new(),
+            },
+            export: ExportLimits::from_vars(&get)?,
+            retry: RetryPolicy::from_vars(&get)?,
+            retention: retention_policy_from_vars(&get)?,
+            archive: ArchiveLimits::from_vars(&get)?,
+            operation: OperationLimits::from_vars(&get)?,
+            alerts: crate::alerts::AlertThresholds::from_vars(&get)?,
+            alert_on_success,
+            backup_max_attempts: read_count(&get, "BACKUP_MAX_ATTEMPTS", Self::DEFAULT_BACKUP_MAX_ATTEMPTS, 100)?,
+            sweep_grace_seconds: read_count(&get, "SWEEP_GRACE_SECONDS", Self::DEFAULT_SWEEP_GRACE_SECONDS, 86_400)?,
+            environment: get("ENVIRONMENT"),
+        })
+    }
+
+    /// The configured database named `name`.
+    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
+        self.databases.iter().find(|d| d.name == name)
+    }
+
+    /// How tasks of `kind` are retried and how long their leases last.
+    pub fn task_policy(&self, kind: crate::task::TaskKind) -> crate::task::TaskPolicy {
+        use crate::task::{TaskKind, TaskPolicy};
+        let (max_attempts, step_seconds) = match kind {
+            TaskKind::Backup => (self.backup_max_attempts, self.export.max_seconds),
+            TaskKind::Operation => (self.operation.max_attempts, self.export.max_seconds),
+            TaskKind::Archive => (self.archive.max_attempts, u64::from(self.archive.max_seconds)),
+        };
+        TaskPolicy { max_attempts, retry: self.retry, step_seconds }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,6 +403,28 @@ mod tests {
         assert!(limits.skip_reason(Some(&dbs[0]), false, 10).unwrap().contains("VERIFY_DB"));
         assert!(limits.skip_reason(None, true, 10).is_some());
         assert!(OperationLimits::from_vars(|n| (n == "OPERATION_MAX_ATTEMPTS").then(|| "0".into())).is_err());
+    }
+
+    #[test]
+    fn settings_read_every_var_once_and_refuse_nonsense() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
+        };
+        let defaults = Settings::from_vars(|_| None, None).unwrap();
+        assert_eq!(defaults.databases, vec![]);
+        assert_eq!(defaults.backup_max_attempts, 6);
+        assert!(!defaults.alert_on_success);
+        let map = BTreeMap::from([("a".to_string(), DatabaseEntry::Binding("DB_A".into()))]);
+        let set = Settings::from_vars(vars(&[("ALERT_ON_SUCCESS", "true"), ("EXPORT_MAX_SECONDS", "30")]), Some(map)).unwrap();
+        assert!(set.alert_on_success);
+        assert_eq!(set.database("a").map(|d| d.binding.as_str()), Some("DB_A"));
+        let policy = set.task_policy(crate::task::TaskKind::Backup);
+        assert_eq!((policy.max_attempts, policy.step_seconds), (6, 30));
+        assert_eq!(set.task_policy(crate::task::TaskKind::Archive).max_attempts, ArchiveLimits::DEFAULT.max_attempts);
+        for bad in [("ALERT_ON_SUCCESS", "yes"), ("BACKUP_MAX_ATTEMPTS", "0"), ("SWEEP_GRACE_SECONDS", "soon"), ("RETRY_MAX_SECONDS", "x")] {
+            let err = Settings::from_vars(|n| (n == bad.0).then(|| bad.1.to_string()), None).unwrap_err();
+            assert!(err.0.contains(bad.0), "{err}");
+        }
     }
 
     #[test]

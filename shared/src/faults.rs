@@ -18,6 +18,11 @@ pub enum FaultStage {
     R2Part,
     /// Making the object visible: the final put or the multipart completion.
     Complete,
+    /// Sending the message of the next step, after the step's checkpoint is recorded (the send
+    /// is lost; the sweeper must send it).
+    ContinueSend,
+    /// Sending the job's first message when the job is recorded (lost likewise).
+    EnqueueSend,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +41,7 @@ impl Fault {
 }
 
 fn injected(stage: FaultStage, attempt: u32) -> PortError {
-    PortError(format!("injected fault: {stage:?} fails on attempt {attempt}"))
+    PortError::unavailable(format!("injected fault: {stage:?} fails on attempt {attempt}"))
 }
 
 /// A source that fails every query while the fault is active.
@@ -140,6 +145,8 @@ mod tests {
         let f: Fault = serde_json::from_str(r#"{"stage":"d1_query","failAttempts":99}"#).unwrap();
         assert_eq!(f, Fault { stage: FaultStage::D1Query, fail_attempts: 99 });
         assert!(serde_json::from_str::<Fault>(r#"{"stage":"disk","failAttempts":1}"#).is_err());
+        let lost: Fault = serde_json::from_str(r#"{"stage":"continue_send","failAttempts":1}"#).unwrap();
+        assert_eq!(lost.stage, FaultStage::ContinueSend);
         assert!(serde_json::from_str::<Fault>(r#"{"stage":"complete","failAttempts":1,"x":1}"#).is_err());
     }
 }

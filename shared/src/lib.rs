@@ -20,6 +20,7 @@ pub mod ports;
 pub mod restore;
 pub mod retention;
 pub mod state;
+pub mod task;
 pub mod sha256;
 pub mod trigger;
 pub mod upload;

@@ -7,13 +7,53 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// An error from the platform behind a port (D1, R2, ...), carried as its message.
+/// An error from the platform behind a port (D1, R2, ...), typed where it arises.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortError(pub String);
+pub struct PortError {
+    pub kind: PortErrorKind,
+    pub message: String,
+}
+
+/// What went wrong behind a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortErrorKind {
+    /// The platform could not answer (busy, network, 5xx, reset, overloaded, timeout): the
+    /// same request may succeed later.
+    Unavailable,
+    /// The database refused the statement (a syntax error, a constraint, a type mismatch): the
+    /// same statement meets the same refusal.
+    Rejected,
+}
+
+impl PortError {
+    pub fn unavailable(message: impl Into<String>) -> PortError {
+        PortError { kind: PortErrorKind::Unavailable, message: message.into() }
+    }
+
+    pub fn rejected(message: impl Into<String>) -> PortError {
+        PortError { kind: PortErrorKind::Rejected, message: message.into() }
+    }
+
+    /// The error a D1 database reported, classified once, here at the boundary. D1 reports
+    /// SQLite's refusals with the result code's name at the end (`...: SQLITE_CONSTRAINT`);
+    /// a busy or locked database, an I/O error, a reset, an overloaded database or a network
+    /// failure are worth retrying.
+    pub fn from_d1_message(message: impl Into<String>) -> PortError {
+        let message = message.into();
+        const REFUSALS: [&str; 6] =
+            ["SQLITE_ERROR", "SQLITE_CONSTRAINT", "SQLITE_MISMATCH", "SQLITE_TOOBIG", "SQLITE_RANGE", "SQLITE_AUTH"];
+        let kind = if REFUSALS.iter().any(|code| message.contains(code)) {
+            PortErrorKind::Rejected
+        } else {
+            PortErrorKind::Unavailable
+        };
+        PortError { kind, message }
+    }
+}
 
 impl fmt::Display for PortError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 

@@ -1,42 +1,12 @@
 //! Run and job states, and how a job's status derives from its runs.
 //!
-//! A run is one database in one job: `queued → running → retrying → succeeded | dead`.
+//! A run is one database in one job, a task of the engine (`crate::task`) that ends
+//! `succeeded` or `dead`.
 //! A job has no state of its own: its status is always computed from its runs, so the two can
 //! never disagree.
 
+use crate::task::TaskState;
 use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunState {
-    Queued,
-    Running,
-    Retrying,
-    Succeeded,
-    Dead,
-}
-
-impl RunState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunState::Queued => "queued",
-            RunState::Running => "running",
-            RunState::Retrying => "retrying",
-            RunState::Succeeded => "succeeded",
-            RunState::Dead => "dead",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<RunState> {
-        [RunState::Queued, RunState::Running, RunState::Retrying, RunState::Succeeded, RunState::Dead]
-            .into_iter()
-            .find(|state| state.as_str() == s)
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(self, RunState::Succeeded | RunState::Dead)
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,14 +35,14 @@ impl JobStatus {
     }
 }
 
-pub fn job_status(runs: &[RunState]) -> JobStatus {
-    if runs.is_empty() || runs.iter().all(|r| *r == RunState::Queued) {
+pub fn job_status(runs: &[TaskState]) -> JobStatus {
+    if runs.is_empty() || runs.iter().all(|r| *r == TaskState::Queued) {
         return JobStatus::Queued;
     }
     if runs.iter().any(|r| !r.is_final()) {
         return JobStatus::Running;
     }
-    let succeeded = runs.iter().filter(|r| **r == RunState::Succeeded).count();
+    let succeeded = runs.iter().filter(|r| **r == TaskState::Succeeded).count();
     match succeeded {
         n if n == runs.len() => JobStatus::Completed,
         0 => JobStatus::Failed,
@@ -83,7 +53,7 @@ pub fn job_status(runs: &[RunState]) -> JobStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use RunState::*;
+    use TaskState::*;
 
     #[test]
     fn job_status_derives_from_runs() {
@@ -94,13 +64,5 @@ mod tests {
         assert_eq!(job_status(&[Succeeded, Succeeded]), JobStatus::Completed);
         assert_eq!(job_status(&[Succeeded, Dead]), JobStatus::Partial);
         assert_eq!(job_status(&[Dead, Dead]), JobStatus::Failed);
-    }
-
-    #[test]
-    fn states_parse_back() {
-        for s in [Queued, Running, Retrying, Succeeded, Dead] {
-            assert_eq!(RunState::parse(s.as_str()), Some(s));
-        }
-        assert_eq!(RunState::parse("done"), None);
     }
 }

@@ -82,7 +82,7 @@ impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
             Some(tail) => store
                 .get(tail)
                 .await?
-                .ok_or_else(|| PortError(format!("the staging object {tail} holding the object's tail is missing")))?,
+                .ok_or_else(|| PortError::unavailable(format!("the staging object {tail} holding the object's tail is missing")))?,
             None => Vec::new(),
         };
         Ok(StreamingUpload {
@@ -132,7 +132,7 @@ impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
         let number = u16::try_from(self.parts.len() + 1)
             .ok()
             .filter(|n| *n <= 10_000)
-            .ok_or_else(|| PortError(format!("{} needs more than R2's 10,000 parts", self.spec.key)))?;
+            .ok_or_else(|| PortError::unavailable(format!("{} needs more than R2's 10,000 parts", self.spec.key)))?;
         let etag = self.store.upload_part(&self.spec.key, &upload_id, number, bytes).await?;
         self.parts.push(UploadedPart { number, etag });
         Ok(())
@@ -141,7 +141,7 @@ impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
     /// Closes this step's gzip member, if any.
     async fn end_member(&mut self) -> Result<(), PortError> {
         if let Some(encoder) = self.gzip.take() {
-            let rest = encoder.finish().map_err(|e| PortError(format!("gzip: {e}")))?;
+            let rest = encoder.finish().map_err(|e| PortError::unavailable(format!("gzip: {e}")))?;
             self.accept(&rest).await?;
         }
         Ok(())
@@ -215,7 +215,7 @@ impl<O: ObjectStore> ByteSink for StreamingUpload<'_, O> {
     async fn write(&mut self, bytes: &[u8]) -> Result<(), PortError> {
         match &mut self.gzip {
             Some(encoder) => {
-                encoder.write_all(bytes).map_err(|e| PortError(format!("gzip: {e}")))?;
+                encoder.write_all(bytes).map_err(|e| PortError::unavailable(format!("gzip: {e}")))?;
                 let compressed = std::mem::take(encoder.get_mut());
                 self.accept(&compressed).await
             }
@@ -237,17 +237,17 @@ pub async fn complete<O: ObjectStore>(
         let upload_id = progress
             .upload_id
             .clone()
-            .ok_or_else(|| PortError(format!("{} has no multipart upload to complete", spec.key)))?;
+            .ok_or_else(|| PortError::unavailable(format!("{} has no multipart upload to complete", spec.key)))?;
         let mut parts = progress.parts.clone();
         if let Some(tail_key) = &progress.tail_key {
             let tail = store
                 .get(tail_key)
                 .await?
-                .ok_or_else(|| PortError(format!("the staging object {tail_key} holding the object's tail is missing")))?;
+                .ok_or_else(|| PortError::unavailable(format!("the staging object {tail_key} holding the object's tail is missing")))?;
             let number = u16::try_from(parts.len() + 1)
                 .ok()
                 .filter(|n| *n <= 10_000)
-                .ok_or_else(|| PortError(format!("{} needs more than R2's 10,000 parts", spec.key)))?;
+                .ok_or_else(|| PortError::unavailable(format!("{} needs more than R2's 10,000 parts", spec.key)))?;
             let etag = store.upload_part(&spec.key, &upload_id, number, tail).await?;
             parts.push(UploadedPart { number, etag });
         }
@@ -261,7 +261,7 @@ pub async fn complete<O: ObjectStore>(
 pub async fn verify_size<O: ObjectStore>(store: &mut O, key: &str, bytes: u64) -> Result<(), PortError> {
     match store.head(key).await? {
         Some(size) if size == bytes => Ok(()),
-        found => Err(PortError(format!("{key} holds {found:?} bytes after completion, expected {bytes}"))),
+        found => Err(PortError::unavailable(format!("{key} holds {found:?} bytes after completion, expected {bytes}"))),
     }
 }
 

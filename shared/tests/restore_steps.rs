@@ -55,10 +55,10 @@ fn restore(target: &mut RusqliteTarget, store: &mut MemoryStore, plan: &RestoreP
     loop {
         steps += 1;
         assert!(steps < 10_000, "the restore does not advance");
-        match block_on(restore_step(target, store, &clock(), plan, SMALL)) {
+        match block_on(restore_step(target, store, &clock(), plan, SMALL, 1)) {
             Ok(RestoreProgress::Paused(_)) => {}
             Ok(RestoreProgress::Finished(report)) => return (Ok(report), steps),
-            Err(RestoreError::Port(e)) if e.0.contains("died") => target.die_after_batch = None,
+            Err(RestoreError::Port(e)) if e.message.contains("died") => target.die_after_batch = None,
             Err(e) => return (Err(e), steps),
         }
     }
@@ -69,7 +69,7 @@ fn verify(scratch: &Connection, store: &mut MemoryStore, summary: &BackupSummary
     let mut phase = None;
     for _ in 0..10_000 {
         let (tick, plan) = (clock(), RestorePlan { keep_progress: true, ..plan(summary, None) });
-        let step = verify_step(&mut target, store, &tick, &plan, &summary.tables, 100, SMALL, phase.take());
+        let step = verify_step(&mut target, store, &tick, &plan, &summary.tables, 100, SMALL, phase.take(), 1);
         match block_on(step).unwrap() {
             VerifyProgress::Paused(next) => {
                 let saved = serde_json::to_string(&next).unwrap();
@@ -121,6 +121,72 @@ fn a_step_dying_after_a_commit_resumes_without_running_anything_twice() {
             assert_same_data(&source, &restored);
         }
     }
+}
+
+/// A delivery that lost its lease mid-restore (it ran past it; a newer delivery took over) must
+/// not apply one more batch: every batch is fenced on the token in the target's progress row.
+#[test]
+fn a_delivery_that_lost_its_lease_applies_nothing_more() {
+    let source = chinook();
+    let mut store = MemoryStore::default();
+    let summary = back_up(&source, &mut store, false);
+    let plan = plan(&summary, None);
+    let restored = Connection::open_in_memory().unwrap();
+    let mut target = RusqliteTarget::new(&restored);
+    let step = |target: &mut RusqliteTarget, store: &mut MemoryStore, token| {
+        block_on(restore_step(target, store, &clock(), &plan, SMALL, token))
+    };
+    // The delivery with token 1 does two steps, then stalls; token 2 takes over for one step.
+    assert!(matches!(step(&mut target, &mut store, 1), Ok(RestoreProgress::Paused(_))));
+    assert!(matches!(step(&mut target, &mut store, 1), Ok(RestoreProgress::Paused(_))));
+    assert!(matches!(step(&mut target, &mut store, 2), Ok(RestoreProgress::Paused(_))));
+    let statements: i64 = restored.query_row(
+        &format!("SELECT json_extract(cursor, '$.statements') FROM \"{PROGRESS_TABLE}\""), [], |r| r.get(0)).unwrap();
+    // Token 1 wakes up: refused before it runs a single statement, the target as token 2 left it.
+    let snapshot = |conn: &Connection| -> Vec<(String, i64)> {
+        let names: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").unwrap()
+            .query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+        names.into_iter().map(|n| {
+            let rows = conn.query_row(&format!("SELECT count(*) FROM \"{n}\""), [], |r| r.get(0)).unwrap();
+            (n, rows)
+        }).collect()
+    };
+    let held = snapshot(&restored);
+    match step(&mut target, &mut store, 1) {
+        Err(RestoreError::LostLease(message)) => assert!(message.contains("token 2"), "{message}"),
+        other => panic!("expected a lost lease, got {other:?}"),
+    }
+    assert_eq!(snapshot(&restored), held, "the stale delivery committed nothing");
+    let after: i64 = restored.query_row(
+        &format!("SELECT json_extract(cursor, '$.statements') FROM \"{PROGRESS_TABLE}\""), [], |r| r.get(0)).unwrap();
+    assert_eq!(after, statements);
+    // A stale delivery that read the cursor before the take-over and tries to commit a batch:
+    // the fence in that very batch refuses it.
+    let fence = shared::task::fence_check_sql(shared::restore::FENCE_TABLE, PROGRESS_TABLE, "operation", "op-1", 1);
+    let refused = block_on(shared::restore::SqlTarget::execute_batch(
+        &mut target,
+        &[fence, "CREATE TABLE sneaked_in (x)".into()],
+    ));
+    assert_eq!(refused.unwrap_err().kind, shared::ports::PortErrorKind::Rejected);
+    let sneaked: i64 = restored.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'sneaked_in'", [], |r| r.get(0)).unwrap();
+    assert_eq!(sneaked, 0);
+    // Token 2 (or a later one) finishes, exactly.
+    let mut token = 3;
+    loop {
+        match step(&mut target, &mut store, token).unwrap() {
+            RestoreProgress::Paused(_) => token += 1,
+            RestoreProgress::Finished(report) => {
+                assert!(report.sha256_matches);
+                break;
+            }
+        }
+    }
+    assert_same_data(&source, &restored);
+    let ours: i64 = restored
+        .query_row("SELECT count(*) FROM sqlite_master WHERE name LIKE '\\_d1\\_backup\\_%' ESCAPE '\\'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ours, 0, "the progress and fence tables are gone");
 }
 
 #[test]
@@ -422,7 +488,7 @@ fn a_verification_whose_scratch_copy_vanished_restores_again() {
     let mut emptied = false;
     loop {
         let tick = clock();
-        let step = verify_step(&mut target, &mut store, &tick, &plan, &summary.tables, 100, SMALL, phase.take());
+        let step = verify_step(&mut target, &mut store, &tick, &plan, &summary.tables, 100, SMALL, phase.take(), 1);
         match block_on(step).unwrap() {
             VerifyProgress::Paused(next) => {
                 if matches!(next, shared::restore::verify::VerifyPhase::Exporting { .. }) && !emptied {

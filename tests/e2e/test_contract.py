@@ -66,7 +66,7 @@ def test_public_endpoints_and_unknown_paths(contract_stack):
     s = contract_stack
     info = s.request("GET", "/").json()
     assert info["name"] == "d1-backup" and info["databases"] == 1
-    assert [x["cron"] for x in info["schedules"]] == ["0 3 * * *", "0 4 * * SUN"]
+    assert [x["cron"] for x in info["schedules"]] == ["0 3 * * *", "*/10 * * * *", "0 4 * * SUN"]
     assert info["retention"] == {"dailyDays": 7, "weeklyWeeks": 12, "manualDays": 30}
     assert s.request("GET", "/health").json() == {"ok": True}
     assert s.request("GET", "/dashboard").status == 200
@@ -79,7 +79,8 @@ def test_public_endpoints_and_unknown_paths(contract_stack):
         r = s.admin(method, path)
         assert r.status == 405 and r.json()["error"] == "method_not_allowed", (method, path, r.body[:200])
     status = s.admin("GET", "/status").json()
-    assert [r["worker"] for r in status["nextRuns"]] == ["producer", "archiver"]
+    assert [(r["worker"], r["cron"]) for r in status["nextRuns"]] == [
+        ("producer", "0 3 * * *"), ("producer", "*/10 * * * *"), ("archiver", "0 4 * * SUN")]
     assert all(r["next"] for r in status["nextRuns"])
     metrics = s.admin("GET", "/metrics")
     assert metrics.headers["Content-Type"].startswith("text/plain; version=0.0.4")

@@ -48,9 +48,11 @@ def test_a_database_that_always_fails_is_dead_lettered_and_the_others_succeed(ro
     assert job["status"] == "partial", job
     dead = run_of(job, "hostile")
     assert dead["state"] == "dead" and "injected fault" in dead["error"]
-    # The first delivery and max_retries (5) retries, each recorded with its backoff.
-    assert [a["attempt"] for a in dead["history"]] == [1, 2, 3, 4, 5, 6]
-    assert [a["retryDelaySeconds"] for a in dead["history"]] == [1, 2, 2, 2, 2, 2]
+    # BACKUP_MAX_ATTEMPTS (6) attempts, counted by the run: five retried with their backoff,
+    # the last one recorded as its death.
+    history = [(a["attempt"], a["outcome"], a["retryDelaySeconds"]) for a in dead["history"]]
+    assert history == [(1, "retrying", 1), (2, "retrying", 2), (3, "retrying", 2), (4, "retrying", 2),
+                       (5, "retrying", 2), (6, "dead", None)]
     for run in job["runs"]:
         if run["database"] != "hostile":
             assert run["state"] == "succeeded", run

@@ -307,7 +307,7 @@ async fn plan_schema<S: SqlSource, C: Clock>(meter: &mut Meter<'_, S, C>) -> Res
              LEFT JOIN pragma_table_xinfo(m.name) AS x \
                ON m.type = 'table' AND t.type IN ('table', 'virtual') \
              WHERE m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND m.name NOT LIKE '\\_cf\\_%' ESCAPE '\\' \
-               AND m.name NOT IN ('_d1_backup_staging', '_d1_backup_restore') AND m.sql IS NOT NULL \
+               AND m.name NOT IN ('_d1_backup_staging', '_d1_backup_restore', '_d1_backup_fence') AND m.sql IS NOT NULL \
              ORDER BY m.rowid, x.cid",
         )
         .await?;
@@ -537,7 +537,7 @@ async fn read_page<S: SqlSource, C: Clock>(
     let same_rows = again.len() == page.len()
         && again.iter().zip(&printed_keys).all(|(row, keys)| row[..table.key_len()] == keys[..]);
     if !same_rows {
-        return Err(DumpError::Source(PortError(format!(
+        return Err(DumpError::Source(PortError::unavailable(format!(
             "the rows of {:?} changed between two reads of one page; the step will be retried",
             table.name
         ))));
@@ -546,7 +546,7 @@ async fn read_page<S: SqlSource, C: Clock>(
         for (n, j) in rescale.iter().enumerate() {
             if let Some(text) = scaled.get(table.key_len() + n).and_then(|v| v.as_deref()) {
                 let x = unscale_real(text).ok_or_else(|| {
-                    DumpError::Source(PortError(format!("unreadable scaled REAL {text:?} in {:?}", table.name)))
+                    DumpError::Source(PortError::unavailable(format!("unreadable scaled REAL {text:?} in {:?}", table.name)))
                 })?;
                 row[*j] = Some(real_literal(x));
             }

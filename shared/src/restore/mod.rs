@@ -21,14 +21,18 @@ pub mod verify;
 
 use crate::dump::sql::{comment_safe, ident, string_literal};
 use crate::dump::{StepBudget, COMPLETE_MARKER};
-use crate::ports::{Clock, ObjectStore, PortError, SqlSource};
+use crate::ports::{Clock, ObjectStore, PortError, PortErrorKind, SqlSource};
 use reader::{DumpReader, ReadError, ReadPosition};
 use serde::{Deserialize, Serialize};
 use statements::{next_item, subject, Item};
 use std::fmt;
 
-/// The table in the target that records a restore's progress until it finishes.
+/// The table in the target that records a restore's progress until it finishes: one row per
+/// operation, with its cursor and the fencing token of the delivery that last wrote it.
 pub const PROGRESS_TABLE: &str = "_d1_backup_restore";
+/// The target's lease fence (as `lease_fence` in the metadata database): every batch of a
+/// restore first proves that its operation's progress row holds the delivery's token.
+pub const FENCE_TABLE: &str = "_d1_backup_fence";
 
 /// A database statements can be run against, a batch at a time.
 pub trait SqlTarget: SqlSource {
@@ -117,6 +121,8 @@ pub enum RestoreError {
     Dump { table: Option<String>, message: String },
     /// The database or the store failed: worth retrying.
     Port(PortError),
+    /// A delivery with a newer fencing token has taken the restore over: this one stops.
+    LostLease(String),
 }
 
 impl fmt::Display for RestoreError {
@@ -125,6 +131,7 @@ impl fmt::Display for RestoreError {
             RestoreError::Dump { table: Some(t), message } => write!(f, "{message} (in the rows of table {t:?})"),
             RestoreError::Dump { table: None, message } => f.write_str(message),
             RestoreError::Port(e) => e.fmt(f),
+            RestoreError::LostLease(message) => f.write_str(message),
         }
     }
 }
@@ -144,13 +151,6 @@ impl Section {
             _ => None,
         }
     }
-}
-
-/// Whether an error from a batch is SQLite refusing a statement (which the same statement
-/// would meet again) rather than the database being unreachable. D1 and the native target both
-/// end SQLite's errors with the result code's name.
-fn is_statement_error(e: &PortError) -> bool {
-    e.0.contains("SQLITE_")
 }
 
 /// The statements that drop every object of the database (FTS5 shadow tables go with their
@@ -176,34 +176,70 @@ pub async fn emptying_statements<T: SqlTarget>(target: &mut T) -> Result<Vec<Str
         .collect())
 }
 
-/// Runs `statements` as one batch under deferred foreign keys.
-async fn run_batch<T: SqlTarget>(target: &mut T, statements: &[String]) -> Result<(), PortError> {
-    let mut batch = Vec::with_capacity(statements.len() + 1);
+/// Runs `statements` as one batch under deferred foreign keys, fenced on `token`: the batch
+/// fails, changing nothing, unless the operation's progress row holds that token.
+async fn run_fenced<T: SqlTarget>(target: &mut T, plan: &RestorePlan, token: u64, statements: &[String]) -> Result<(), PortError> {
+    let mut batch = Vec::with_capacity(statements.len() + 3);
     batch.push("PRAGMA defer_foreign_keys = on".to_string());
+    batch.push(crate::task::fence_check_sql(FENCE_TABLE, PROGRESS_TABLE, "operation", &plan.operation, token));
     batch.extend_from_slice(statements);
+    batch.push(format!("DELETE FROM \"{FENCE_TABLE}\""));
     target.execute_batch(&batch).await
 }
 
-/// The cursor recorded in the target for `operation`, if this operation has begun there.
-pub(crate) async fn recorded_cursor<T: SqlTarget>(target: &mut T, operation: &str) -> Result<Option<RestoreCursor>, PortError> {
+async fn progress_table_exists<T: SqlTarget>(target: &mut T) -> Result<bool, PortError> {
     let exists = target
         .query(&format!("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '{PROGRESS_TABLE}'"))
         .await?;
-    if exists.first().and_then(|r| r.first().cloned().flatten()).as_deref() != Some("1") {
+    Ok(exists.first().and_then(|r| r.first().cloned().flatten()).as_deref() == Some("1"))
+}
+
+/// The cursor and fencing token recorded in the target for `operation`, if this operation has
+/// begun there.
+async fn recorded_progress<T: SqlTarget>(target: &mut T, operation: &str) -> Result<Option<(RestoreCursor, u64)>, PortError> {
+    if !progress_table_exists(target).await? {
         return Ok(None);
     }
     let rows = target
         .query(&format!(
-            "SELECT cursor FROM \"{PROGRESS_TABLE}\" WHERE operation = {}",
+            "SELECT cursor, lease_token FROM \"{PROGRESS_TABLE}\" WHERE operation = {}",
             string_literal(operation)
         ))
         .await?;
-    match rows.first().and_then(|r| r.first().cloned().flatten()) {
-        Some(json) => serde_json::from_str(&json)
-            .map(Some)
-            .map_err(|e| PortError(format!("unreadable restore progress in the target: {e}"))),
+    let Some(row) = rows.first() else { return Ok(None) };
+    let cursor = row.first().cloned().flatten().unwrap_or_default();
+    let cursor = serde_json::from_str(&cursor)
+        .map_err(|e| PortError::unavailable(format!("unreadable restore progress in the target: {e}")))?;
+    let token = row.get(1).cloned().flatten().and_then(|t| t.parse().ok()).unwrap_or(0);
+    Ok(Some((cursor, token)))
+}
+
+/// The cursor recorded in the target for `operation`, if this operation has begun there.
+pub(crate) async fn recorded_cursor<T: SqlTarget>(target: &mut T, operation: &str) -> Result<Option<RestoreCursor>, PortError> {
+    Ok(recorded_progress(target, operation).await?.map(|(cursor, _)| cursor))
+}
+
+/// Takes the restore over for the delivery holding `token`: from this statement on, batches
+/// of deliveries with older tokens fail. The cursor is read after the take-over, so no batch
+/// can commit between reading where the restore stands and continuing from there.
+async fn take_over<T: SqlTarget>(target: &mut T, plan: &RestorePlan, token: u64) -> Result<Option<RestoreCursor>, RestoreError> {
+    if progress_table_exists(target).await? {
+        target
+            .execute_batch(&[format!(
+                "UPDATE \"{PROGRESS_TABLE}\" SET lease_token = {token} WHERE operation = {} AND lease_token < {token}",
+                string_literal(&plan.operation)
+            )])
+            .await?;
+    }
+    match recorded_progress(target, &plan.operation).await? {
+        Some((_, recorded)) if recorded > token => Err(lost_lease(recorded, token)),
+        Some((cursor, _)) => Ok(Some(cursor)),
         None => Ok(None),
     }
+}
+
+fn lost_lease(recorded: u64, token: u64) -> RestoreError {
+    RestoreError::LostLease(format!("the restore was taken over by a newer delivery (token {recorded}, this one {token})"))
 }
 
 fn save_cursor_statement(operation: &str, cursor: &RestoreCursor) -> String {
@@ -217,9 +253,22 @@ fn save_cursor_statement(operation: &str, cursor: &RestoreCursor) -> String {
 
 /// The first batch of a restore: makes room in the target and records the start. A whole
 /// restore empties the database; a one-table restore drops that table only, and refuses when
-/// other tables refer to it (dropping it would delete or orphan their rows).
-async fn begin<T: SqlTarget>(target: &mut T, plan: &RestorePlan) -> Result<RestoreCursor, RestoreError> {
-    let mut statements = match &plan.table {
+/// other tables refer to it (dropping it would delete or orphan their rows). Fenced too: it
+/// changes nothing if a delivery with a newer token has begun this restore meanwhile.
+async fn begin<T: SqlTarget>(target: &mut T, plan: &RestorePlan, token: u64) -> Result<RestoreCursor, RestoreError> {
+    let operation = string_literal(&plan.operation);
+    let progress_columns = "(operation TEXT PRIMARY KEY, cursor TEXT NOT NULL, lease_token INTEGER NOT NULL)";
+    let fence_columns = "(held INTEGER NOT NULL CHECK (held = 1))";
+    let mut statements = vec![
+        format!("CREATE TABLE IF NOT EXISTS \"{PROGRESS_TABLE}\" {progress_columns}"),
+        format!("CREATE TABLE IF NOT EXISTS \"{FENCE_TABLE}\" {fence_columns}"),
+        format!(
+            "INSERT INTO \"{FENCE_TABLE}\" (held) SELECT count(*) = 0 FROM \"{PROGRESS_TABLE}\" \
+             WHERE operation = {operation} AND lease_token > {token}"
+        ),
+        format!("DELETE FROM \"{FENCE_TABLE}\""),
+    ];
+    statements.extend(match &plan.table {
         None => emptying_statements(target).await?,
         Some(table) => {
             let referring = target
@@ -240,12 +289,9 @@ async fn begin<T: SqlTarget>(target: &mut T, plan: &RestorePlan) -> Result<Resto
                     ),
                 });
             }
-            vec![
-                format!("DROP TABLE IF EXISTS {}", ident(table)),
-                format!("DROP TABLE IF EXISTS \"{PROGRESS_TABLE}\""),
-            ]
+            vec![format!("DROP TABLE IF EXISTS {}", ident(table))]
         }
-    };
+    });
     let cursor = RestoreCursor {
         position: ReadPosition::default(),
         section: Section::Schema,
@@ -253,21 +299,44 @@ async fn begin<T: SqlTarget>(target: &mut T, plan: &RestorePlan) -> Result<Resto
         complete: false,
         done: false,
     };
-    statements.push(format!("CREATE TABLE \"{PROGRESS_TABLE}\" (operation TEXT PRIMARY KEY, cursor TEXT NOT NULL)"));
+    statements.push(format!("DROP TABLE IF EXISTS \"{PROGRESS_TABLE}\""));
+    statements.push(format!("DROP TABLE IF EXISTS \"{FENCE_TABLE}\""));
+    statements.push(format!("CREATE TABLE \"{PROGRESS_TABLE}\" {progress_columns}"));
+    statements.push(format!("CREATE TABLE \"{FENCE_TABLE}\" {fence_columns}"));
     statements.push(format!(
-        "INSERT INTO \"{PROGRESS_TABLE}\" (operation, cursor) VALUES ({}, {})",
-        string_literal(&plan.operation),
+        "INSERT INTO \"{PROGRESS_TABLE}\" (operation, cursor, lease_token) VALUES ({operation}, {}, {token})",
         string_literal(&serde_json::to_string(&cursor).expect("a cursor serializes"))
     ));
-    run_batch(target, &statements).await.map_err(|e| batch_error(e, &Section::Schema))?;
-    Ok(cursor)
+    let mut batch = vec!["PRAGMA defer_foreign_keys = on".to_string()];
+    batch.extend(statements);
+    match target.execute_batch(&batch).await {
+        Ok(()) => Ok(cursor),
+        Err(e) => Err(batch_error(target, plan, token, e, &Section::Schema, false).await),
+    }
 }
 
-fn batch_error(e: PortError, section: &Section) -> RestoreError {
-    if is_statement_error(&e) {
-        RestoreError::Dump { table: section.table(), message: format!("a statement of the dump failed: {e}") }
-    } else {
-        RestoreError::Port(e)
+/// What a failed batch means. A refused batch is the fence's doing when the operation's
+/// progress row holds a newer token (read back, not guessed from the message), or has gone
+/// after the restore `begun` (another operation restored over the target: this one starts
+/// again); otherwise a statement of the dump was refused.
+async fn batch_error<T: SqlTarget>(
+    target: &mut T,
+    plan: &RestorePlan,
+    token: u64,
+    e: PortError,
+    section: &Section,
+    begun: bool,
+) -> RestoreError {
+    if e.kind != PortErrorKind::Rejected {
+        return RestoreError::Port(e);
+    }
+    match recorded_progress(target, &plan.operation).await {
+        Ok(Some((_, recorded))) if recorded > token => lost_lease(recorded, token),
+        Ok(None) if begun => RestoreError::Port(PortError::unavailable(
+            "the target no longer holds this restore's progress (another operation restored over it); starting again",
+        )),
+        Ok(_) => RestoreError::Dump { table: section.table(), message: format!("a statement of the dump failed: {e}") },
+        Err(read) => RestoreError::Port(read),
     }
 }
 
@@ -291,19 +360,21 @@ fn wanted(statement: &str, section: &Section, table: Option<&str>) -> bool {
     }
 }
 
-/// Runs one step of a restore: from where the target's progress table says it stands (or from
-/// the start), until the dump is done or `budget` runs out.
+/// Runs one step of a restore for the delivery holding fencing token `token`: from where the
+/// target's progress table says it stands (or from the start), until the dump is done or
+/// `budget` runs out.
 pub async fn restore_step<T: SqlTarget, O: ObjectStore, C: Clock>(
     target: &mut T,
     store: &mut O,
     clock: &C,
     plan: &RestorePlan,
     budget: StepBudget,
+    token: u64,
 ) -> Result<RestoreProgress, RestoreError> {
     let started_at = clock.now_millis();
-    let mut cursor = match recorded_cursor(target, &plan.operation).await? {
+    let mut cursor = match take_over(target, plan, token).await? {
         Some(cursor) => cursor,
-        None => begin(target, plan).await?,
+        None => begin(target, plan, token).await?,
     };
     let mut queries = 0u32;
     let mut reader = DumpReader::open(&plan.dump.key, plan.dump.gzip, &cursor.position);
@@ -389,7 +460,9 @@ pub async fn restore_step<T: SqlTarget, O: ObjectStore, C: Clock>(
             cursor.position = reader.position();
             batch.push(save_cursor_statement(&plan.operation, &cursor));
             let section = cursor.section.clone();
-            run_batch(target, &batch).await.map_err(|e| batch_error(e, &section))?;
+            if let Err(e) = run_fenced(target, plan, token, &batch).await {
+                return Err(batch_error(target, plan, token, e, &section, true).await);
+            }
             queries += batch.len() as u32 + 1;
             batch.clear();
             batch_bytes = 0;
@@ -401,7 +474,8 @@ pub async fn restore_step<T: SqlTarget, O: ObjectStore, C: Clock>(
     let position = reader.position();
     let sha256_matches = position.hash.hex_digest() == plan.dump.sha256;
     if !plan.keep_progress {
-        target.execute_batch(&[format!("DROP TABLE IF EXISTS \"{PROGRESS_TABLE}\"")]).await?;
+        run_fenced(target, plan, token, &[format!("DROP TABLE IF EXISTS \"{PROGRESS_TABLE}\"")]).await?;
+        target.execute_batch(&[format!("DROP TABLE IF EXISTS \"{FENCE_TABLE}\"")]).await?;
     }
     Ok(RestoreProgress::Finished(RestoreReport { statements: cursor.statements, sql_bytes: position.sql_offset, sha256_matches }))
 }

@@ -7,6 +7,7 @@ use super::verify::{verify_step, VerifyOutcome, VerifyPhase, VerifyProgress};
 use super::{restore_step, DumpObject, RestoreError, RestorePlan, RestoreProgress, RestoreReport, SqlTarget};
 use crate::dump::{StepBudget, TableCount};
 use crate::ports::{Clock, ObjectStore};
+use crate::task::TaskError;
 use crate::upload::{UploadSpec, PART_SIZE};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -138,8 +139,9 @@ pub enum OperationProgress {
     Done(OperationOutcome),
 }
 
-/// Runs one step of `plan` from `phase`. `target` is the scratch database for a verification,
-/// the target database for a restore. An `Err` is worth retrying; a damaged dump is an outcome.
+/// Runs one step of `plan` from `phase` for the delivery holding fencing token `token`.
+/// `target` is the scratch database for a verification, the target database for a restore.
+/// A damaged dump is an outcome; an `Err` is retried, or (a lost lease) ends the delivery.
 pub async fn operation_step<T: SqlTarget, O: ObjectStore, C: Clock>(
     target: &mut T,
     store: &mut O,
@@ -147,7 +149,8 @@ pub async fn operation_step<T: SqlTarget, O: ObjectStore, C: Clock>(
     plan: &OperationPlan,
     budget: StepBudget,
     phase: OperationPhase,
-) -> Result<OperationProgress, crate::ports::PortError> {
+    token: u64,
+) -> Result<OperationProgress, TaskError> {
     let failed = |table, message| Ok(OperationProgress::Done(OperationOutcome::Failed { table, message }));
     match phase {
         OperationPhase::Extracting(from) => {
@@ -165,24 +168,38 @@ pub async fn operation_step<T: SqlTarget, O: ObjectStore, C: Clock>(
                     };
                     Ok(OperationProgress::Paused { phase: next, superseded })
                 }
-                Err(RestoreError::Port(e)) => Err(e),
                 Err(RestoreError::Dump { table, message }) => failed(table, message),
+                Err(e) => Err(task_error(e)),
             }
         }
-        OperationPhase::Restoring => match restore_step(target, store, clock, &plan.restore_plan(), budget).await {
+        OperationPhase::Restoring => match restore_step(target, store, clock, &plan.restore_plan(), budget, token).await {
             Ok(RestoreProgress::Paused(_)) => Ok(OperationProgress::Paused { phase: OperationPhase::Restoring, superseded: None }),
             Ok(RestoreProgress::Finished(report)) => Ok(OperationProgress::Done(OperationOutcome::Restored(report))),
-            Err(RestoreError::Port(e)) => Err(e),
             Err(RestoreError::Dump { table, message }) => failed(table, message),
+            Err(e) => Err(task_error(e)),
         },
         OperationPhase::Verifying(from) => {
             let restore = plan.restore_plan();
-            match verify_step(target, store, clock, &restore, &plan.expected, plan.rows_per_query, budget, from).await? {
+            let step = verify_step(target, store, clock, &restore, &plan.expected, plan.rows_per_query, budget, from, token);
+            match step.await.map_err(task_error)? {
                 VerifyProgress::Paused(next) => {
                     Ok(OperationProgress::Paused { phase: OperationPhase::Verifying(Some(next)), superseded: None })
                 }
                 VerifyProgress::Done(outcome) => Ok(OperationProgress::Done(OperationOutcome::Verified(outcome))),
             }
         }
+    }
+}
+
+/// A restore's error as the task engine handles it (a damaged dump never gets here: it is the
+/// operation's outcome).
+fn task_error(e: RestoreError) -> TaskError {
+    match e {
+        RestoreError::Port(e) => TaskError::from(e),
+        RestoreError::LostLease(message) => TaskError::lost_lease(message),
+        RestoreError::Dump { table, message } => TaskError::permanent(match table {
+            Some(table) => format!("{message} (in the rows of table {table:?})"),
+            None => message,
+        }),
     }
 }

@@ -61,14 +61,15 @@ pub async fn verify_step<T: SqlTarget, O: ObjectStore, C: Clock>(
     rows_per_query: u32,
     budget: StepBudget,
     phase: Option<VerifyPhase>,
-) -> Result<VerifyProgress, PortError> {
+    token: u64,
+) -> Result<VerifyProgress, RestoreError> {
     let (restored, cursor) = match phase.unwrap_or(VerifyPhase::Restoring) {
-        VerifyPhase::Restoring => match restore_step(scratch, store, clock, plan, budget).await {
+        VerifyPhase::Restoring => match restore_step(scratch, store, clock, plan, budget, token).await {
             Ok(RestoreProgress::Paused(_)) => return Ok(VerifyProgress::Paused(VerifyPhase::Restoring)),
             Ok(RestoreProgress::Finished(report)) => {
                 return Ok(VerifyProgress::Paused(VerifyPhase::Exporting { restored: report, cursor: None }))
             }
-            Err(RestoreError::Port(e)) => return Err(e),
+            Err(e @ (RestoreError::Port(_) | RestoreError::LostLease(_))) => return Err(e),
             Err(RestoreError::Dump { table, message }) => {
                 empty(scratch).await?;
                 return Ok(VerifyProgress::Done(VerifyOutcome {
@@ -97,7 +98,7 @@ pub async fn verify_step<T: SqlTarget, O: ObjectStore, C: Clock>(
             return Ok(VerifyProgress::Paused(VerifyPhase::Exporting { restored, cursor: Some(cursor) }))
         }
         Ok(ExportProgress::Finished(totals)) => totals,
-        Err(e) => return Err(PortError(format!("exporting the restored copy: {e}"))),
+        Err(e) => return Err(PortError::unavailable(format!("exporting the restored copy: {e}")).into()),
     };
     let mut outcome = compare(expected, &totals, &restored);
     integrity(scratch, &mut outcome).await?;

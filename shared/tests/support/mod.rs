@@ -35,12 +35,12 @@ fn as_text(value: ValueRef<'_>) -> Option<String> {
 
 impl SqlSource for RusqliteSource<'_> {
     async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PortError> {
-        let mut stmt = self.conn.prepare(sql).map_err(|e| PortError(format!("{e}: {sql}")))?;
+        let mut stmt = self.conn.prepare(sql).map_err(|e| PortError::unavailable(format!("{e}: {sql}")))?;
         let width = stmt.column_count();
         let rows = stmt
             .query_map([], |row| (0..width).map(|i| row.get_ref(i).map(as_text)).collect())
-            .map_err(|e| PortError(e.to_string()))?;
-        rows.collect::<Result<Vec<Vec<Option<String>>>, _>>().map_err(|e| PortError(e.to_string()))
+            .map_err(|e| PortError::unavailable(e.to_string()))?;
+        rows.collect::<Result<Vec<Vec<Option<String>>>, _>>().map_err(|e| PortError::unavailable(e.to_string()))
     }
 }
 
@@ -143,7 +143,7 @@ impl MemoryStore {
     fn call(&mut self, what: &str) -> Result<(), PortError> {
         self.calls += 1;
         if self.fail_call == Some(self.calls) {
-            return Err(PortError(format!("injected failure of call {} ({what})", self.calls)));
+            return Err(PortError::unavailable(format!("injected failure of call {} ({what})", self.calls)));
         }
         Ok(())
     }
@@ -171,7 +171,7 @@ impl ObjectStore for MemoryStore {
         match self.objects.get(key) {
             // As R2 (local and remote): a range must start inside the object.
             Some((bytes, _)) if offset as usize >= bytes.len() && !bytes.is_empty() => {
-                Err(PortError(format!("get_range of {key} at {offset}: past the end ({} bytes)", bytes.len())))
+                Err(PortError::unavailable(format!("get_range of {key} at {offset}: past the end ({} bytes)", bytes.len())))
             }
             Some((bytes, _)) => {
                 let start = offset as usize;
@@ -204,7 +204,7 @@ impl ObjectStore for MemoryStore {
     async fn upload_part(&mut self, key: &str, upload_id: &str, number: u16, bytes: Vec<u8>) -> Result<String, PortError> {
         self.call("upload_part")?;
         self.largest_body = self.largest_body.max(bytes.len());
-        let upload = self.uploads.get_mut(upload_id).ok_or_else(|| PortError(format!("no upload {upload_id}")))?;
+        let upload = self.uploads.get_mut(upload_id).ok_or_else(|| PortError::unavailable(format!("no upload {upload_id}")))?;
         assert_eq!(upload.key, key);
         let etag = format!("{number}-{}-{}", bytes.len(), bytes.iter().map(|b| *b as u64).sum::<u64>());
         upload.parts.insert(number, (etag.clone(), bytes));
@@ -213,7 +213,7 @@ impl ObjectStore for MemoryStore {
 
     async fn complete_multipart(&mut self, key: &str, upload_id: &str, parts: &[UploadedPart]) -> Result<(), PortError> {
         self.call("complete_multipart")?;
-        let upload = self.uploads.remove(upload_id).ok_or_else(|| PortError(format!("no upload {upload_id}")))?;
+        let upload = self.uploads.remove(upload_id).ok_or_else(|| PortError::unavailable(format!("no upload {upload_id}")))?;
         assert_eq!(upload.key, key);
         let mut body = Vec::new();
         for (i, part) in parts.iter().enumerate() {
@@ -300,8 +300,15 @@ impl SqlSource for RusqliteTarget<'_> {
 impl shared::restore::SqlTarget for RusqliteTarget<'_> {
     async fn execute_batch(&mut self, statements: &[String]) -> Result<(), PortError> {
         let as_d1 = |e: rusqlite::Error| match &e {
-            rusqlite::Error::SqliteFailure(code, _) => PortError(format!("{e}: SQLITE_{:?}", code.code).to_uppercase()),
-            _ => PortError(e.to_string()),
+            // Typed by SQLite's own result code, as D1's boundary types its errors.
+            rusqlite::Error::SqliteFailure(code, _) => match code.code {
+                rusqlite::ErrorCode::Unknown
+                | rusqlite::ErrorCode::ConstraintViolation
+                | rusqlite::ErrorCode::TypeMismatch
+                | rusqlite::ErrorCode::TooBig => PortError::rejected(e.to_string()),
+                _ => PortError::unavailable(e.to_string()),
+            },
+            _ => PortError::unavailable(e.to_string()),
         };
         self.conn.execute_batch("BEGIN").map_err(as_d1)?;
         for statement in statements {
@@ -316,7 +323,7 @@ impl shared::restore::SqlTarget for RusqliteTarget<'_> {
         })?;
         self.batches += 1;
         if self.die_after_batch == Some(self.batches) {
-            return Err(PortError("the invocation died after the batch committed".into()));
+            return Err(PortError::unavailable("the invocation died after the batch committed"));
         }
         Ok(())
     }
