@@ -182,6 +182,7 @@ impl StepBody for ArchiveTask<'_> {
                 statements.extend(archives::archive_statements(db, &self.msg.job_id, &job.week, &summary, now()).map_err(meta_error)?);
                 tasks::commit(db, lease, statements).await.map_err(|e| e.context("recording the archive"))?;
                 delete_all(&mut store, &superseded).await;
+                store.clear_staging(&checkpoint.plan.staging_prefix, &self.label).await;
                 console_log!(
                     "{}: {} holds {} dailies ({} left out), {} bytes, verified",
                     self.label,
@@ -234,6 +235,7 @@ impl StepBody for ArchiveTask<'_> {
                 if let Err(e) = shared::upload::discard(&mut store, &checkpoint.plan.key, &checkpoint.upload).await {
                     console_error!("{}: discarding the unfinished archive failed: {e}", self.label);
                 }
+                store.clear_staging(&checkpoint.plan.staging_prefix, &self.label).await;
             }
             Err(e) => console_error!("{}: discarding the unfinished archive failed: {e}", self.label),
         }
@@ -255,6 +257,7 @@ impl StepBody for ArchiveTask<'_> {
         self.env.queue(bindings::ARCHIVE_QUEUE)?.send(message).await
     }
 }
+
 
 /// Deletes staging objects that a saved checkpoint no longer needs; a failure leaves litter
 /// under `staging/`, never a wrong archive, so it is logged and not retried.

@@ -26,7 +26,7 @@ use shared::faults::{Fault, FaultStage, FaultySource, FaultyStore};
 use shared::keys::BackupKey;
 use shared::message::BackupMessage;
 use shared::ports::ObjectStore;
-use shared::task::{Lease, TaskError, TaskKind, TaskRecord, TaskState, Verdict};
+use shared::task::{ErrorKind, Lease, TaskError, TaskKind, TaskRecord, TaskState, Verdict};
 use std::collections::BTreeMap;
 use wasm_bindgen::prelude::*;
 use worker::js_sys::{Array, Object, Reflect};
@@ -205,6 +205,31 @@ impl BackupTask<'_> {
     }
 }
 
+impl BackupTask<'_> {
+    /// After losing the lease: frees what this delivery wrote that the holder's checkpoint
+    /// does not use. A first step opened an upload of its own; any step parked its own tail
+    /// (tails are named by their content, so the holder's is never this one unless identical).
+    async fn leave_nothing_behind(&self, db: &D1Database, store: &mut R2Store, lease: &Lease, mine: &BackupCheckpoint, label: &str) {
+        let recorded = match meta::find_run(db, &self.msg.job_id, &self.msg.database).await {
+            Ok(run) => run.and_then(|r| r.checkpoint).and_then(|j| serde_json::from_str::<BackupCheckpoint>(&j).ok()),
+            Err(e) => return console_error!("{label}: reading the holder's checkpoint failed ({e}); leaving my upload"),
+        };
+        let theirs = recorded.as_ref().map(|c| &c.upload);
+        if let (0, Some(upload_id)) = (lease.step, &mine.upload.upload_id) {
+            if theirs.and_then(|u| u.upload_id.as_ref()) != Some(upload_id) {
+                if let Err(e) = store.abort_multipart(&mine.target.key, upload_id).await {
+                    console_error!("{label}: aborting the upload of the step given up failed: {e}");
+                }
+            }
+        }
+        if let Some(tail) = &mine.upload.tail_key {
+            if theirs.and_then(|u| u.tail_key.as_ref()) != Some(tail) {
+                delete_staging(store, Some(tail)).await;
+            }
+        }
+    }
+}
+
 impl StepBody for BackupTask<'_> {
     fn kind(&self) -> TaskKind {
         TaskKind::Backup
@@ -256,7 +281,16 @@ impl StepBody for BackupTask<'_> {
                     tasks::checkpoint(db, lease, &json, now()).map_err(statement_error)?,
                     meta::attempt_statement(db, &self.attempt(lease, "continued", None, None), now()).map_err(statement_error)?,
                 ];
-                tasks::commit(db, lease, statements).await.map_err(|e| e.context("saving the checkpoint"))?;
+                // Fault injection: this step outlasts its lease (the token counts the leases).
+                if Fault::fails(self.msg.fault.as_ref(), FaultStage::LeaseExpiry, lease.token as u32) {
+                    tasks::take_over_for_fault(db, &*self, lease).await.map_err(statement_error)?;
+                }
+                if let Err(e) = tasks::commit(db, lease, statements).await {
+                    if e.kind == ErrorKind::LostLease {
+                        self.leave_nothing_behind(db, &mut store.inner, lease, &next, &label).await;
+                    }
+                    return Err(e.context("saving the checkpoint"));
+                }
                 delete_staging(&mut store.inner, superseded.as_deref()).await;
                 console_log!(
                     "{label}: paused after {} parts; continuing in step {}; wasm memory {} MiB",
@@ -273,7 +307,9 @@ impl StepBody for BackupTask<'_> {
                 let attempt = self.attempt(lease, "succeeded", None, None);
                 statements.extend(meta::backup_statements(db, &self.run, &key, &summary, &attempt, now()).map_err(statement_error)?);
                 tasks::commit(db, lease, statements).await.map_err(|e| e.context("recording the backup"))?;
-                delete_staging(&mut store.inner, superseded.as_deref()).await;
+                // The superseded tail goes with the whole staging area.
+                drop(superseded);
+                store.inner.clear_staging(&target.staging_prefix, &label).await;
                 operations::start_verification(self.env, self.settings, db, &self.msg.database, &self.run.id, &summary).await;
                 self.ended_job = Some(self.msg.job_id.to_string());
                 console_log!(
@@ -330,16 +366,18 @@ impl StepBody for BackupTask<'_> {
     }
 }
 
-/// Frees what an unfinished run holds in R2 (its multipart upload, its parked tail).
+/// Frees what an unfinished run holds in R2: its multipart upload and its staging area.
 async fn discard_upload(env: &Env, run: &RunView, label: &str) {
     let Some(checkpoint) = run.checkpoint.as_deref().and_then(|j| serde_json::from_str::<BackupCheckpoint>(j).ok()) else {
         return;
     };
     match env.bucket(bindings::BACKUPS) {
         Ok(bucket) => {
-            if let Err(e) = discard(&mut R2Store::new(bucket), &checkpoint).await {
+            let mut store = R2Store::new(bucket);
+            if let Err(e) = discard(&mut store, &checkpoint).await {
                 console_error!("{label}: freeing the unfinished upload failed: {e}");
             }
+            store.clear_staging(&checkpoint.target.staging_prefix, label).await;
         }
         Err(e) => console_error!("{label}: freeing the unfinished upload failed: {e}"),
     }
@@ -378,6 +416,7 @@ async fn delete_staging(store: &mut R2Store, key: Option<&str>) {
         }
     }
 }
+
 
 /// The Worker's WebAssembly memory: it only grows, so this is the peak so far. Logged after
 /// every step to show that memory stays flat whatever the database's size.

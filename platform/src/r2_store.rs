@@ -12,6 +12,41 @@ impl R2Store {
     pub fn new(bucket: Bucket) -> R2Store {
         R2Store { bucket }
     }
+
+    /// Once a task has ended, its staging area goes whole (see [`Self::delete_all_under`]). A
+    /// failure leaves litter, never a wrong dump or archive, so it is logged only.
+    pub async fn clear_staging(&mut self, prefix: &str, label: &str) {
+        match self.delete_all_under(prefix).await {
+            Ok(0) => {}
+            Ok(n) => worker::console_log!("{label}: deleted {n} staging objects under {prefix}"),
+            Err(e) => worker::console_error!("{label}: clearing {prefix} failed: {e}"),
+        }
+    }
+
+    /// Deletes every object under `prefix` (a task's staging area, once the task has ended):
+    /// whatever a delivery that died or lost its lease parked there goes too. Returns how many.
+    pub async fn delete_all_under(&mut self, prefix: &str) -> Result<usize, PortError> {
+        // A task parks one tail per step at most; 20 pages of 1,000 is far beyond any task.
+        const MAX_PAGES: usize = 20;
+        let mut deleted = 0;
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let mut list = self.bucket.list().prefix(prefix);
+            if let Some(c) = cursor.take() {
+                list = list.cursor(c);
+            }
+            let page = list.execute().await.map_err(|e| r2_error("listing", prefix, e))?;
+            for object in page.objects() {
+                self.delete(&object.key()).await?;
+                deleted += 1;
+            }
+            match (page.truncated(), page.cursor()) {
+                (true, Some(next)) => cursor = Some(next),
+                _ => break,
+            }
+        }
+        Ok(deleted)
+    }
 }
 
 fn r2_error(what: &str, key: &str, e: worker::Error) -> PortError {

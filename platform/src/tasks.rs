@@ -85,29 +85,45 @@ pub async fn commit(db: &D1Database, lease: &Lease, statements: Vec<D1PreparedSt
     }
 }
 
-/// Why a fenced batch failed: the token is read back (a lost lease is a fact of the row, not
-/// a guess from the error's text); otherwise it is the database's error, typed at the boundary.
-async fn failed_commit(db: &D1Database, lease: &Lease, error: &str) -> TaskError {
+/// The task's current fencing token (`None`: no such task).
+async fn current_token(db: &D1Database, kind: TaskKind, id: &str) -> Result<Option<u64>> {
     #[derive(Deserialize)]
     struct Row {
         lease_token: u64,
     }
-    let sql = format!("SELECT lease_token FROM {} WHERE id = ?1", lease.kind.table());
-    let current = match statement(db, &sql, &[text(&lease.id)]) {
-        Ok(s) => s.first::<Row>(None).await,
-        Err(e) => Err(e),
-    };
-    match current {
-        Ok(Some(row)) if row.lease_token == lease.token => TaskError::from(PortError::from_d1_message(error)),
-        Ok(row) => TaskError::lost_lease(format!(
-            "{} {} was taken over by another delivery (token {} is now {:?})",
+    let sql = format!("SELECT lease_token FROM {} WHERE id = ?1", kind.table());
+    Ok(statement(db, &sql, &[text(id)])?.first::<Row>(None).await?.map(|r| r.lease_token))
+}
+
+/// Why a fenced batch failed: the token is read back (a lost lease is a fact of the row, not
+/// a guess from the error's text); otherwise it is the database's error, typed at the boundary.
+async fn failed_commit(db: &D1Database, lease: &Lease, error: &str) -> TaskError {
+    match current_token(db, lease.kind, &lease.id).await {
+        Ok(Some(token)) if token == lease.token => TaskError::from(PortError::from_d1_message(error)),
+        Ok(token) => TaskError::lost_lease(format!(
+            "{} {} was taken over by another delivery (token {} is now {token:?})",
             lease.kind.as_str(),
             lease.id,
-            lease.token,
-            row.map(|r| r.lease_token)
+            lease.token
         )),
         Err(read) => TaskError::transient(format!("{error}; reading the lease back failed too: {read}")),
     }
+}
+
+/// Fault injection (`lease_expiry`): this delivery's lease is taken over at the end of its
+/// step, before it records the step, as when a step outlasts its lease: the fencing token moves
+/// on (the local queue runs one delivery at a time, so the taking over is done here), and the
+/// step's message is sent again for the delivery that redoes it. The caller then goes on to
+/// record its step, which the fence refuses.
+pub async fn take_over_for_fault<B: StepBody>(db: &D1Database, body: &B, lease: &Lease) -> Result<()> {
+    let sql = format!(
+        "UPDATE {} SET lease_token = lease_token + 1, lease_owner = NULL, lease_until = NULL \
+         WHERE id = ?1 AND lease_token = ?2",
+        lease.kind.table()
+    );
+    statement(db, &sql, &[text(&lease.id), number(lease.token)])?.run().await?;
+    console_log!("{} {}: injected fault: lease {} taken over", lease.kind.as_str(), lease.id, lease.token);
+    body.send(lease.step, 0).await
 }
 
 /// Step done: the task moves to the next step from `checkpoint`, due now. Goes in the step's

@@ -122,7 +122,7 @@ pub(crate) async fn enqueue_job(
     // The job is recorded and its runs are due: a send lost here strands nothing, the sweeper
     // sends it. Fault injection can lose one on purpose.
     let queue = env.queue(bindings::BACKUP_QUEUE)?;
-    let copies = if plan.deliver_twice { 2 } else { 1 };
+    let copies = plan.deliver_copies as usize;
     let messages: Vec<BackupMessage> = plan
         .databases
         .iter()

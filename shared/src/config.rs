@@ -334,6 +334,8 @@ pub struct Settings {
     /// `SWEEP_GRACE_SECONDS`: how long a task's message may take to arrive before the sweeper
     /// sends it again.
     pub sweep_grace_seconds: u32,
+    /// `LEASE_MARGIN_SECONDS`: how long a step's lease outlasts its budget.
+    pub lease_margin_seconds: u32,
     /// `ENVIRONMENT` (`local` or `test` allow fault injection).
     pub environment: Option<String>,
 }
@@ -341,6 +343,7 @@ pub struct Settings {
 impl Settings {
     pub const DEFAULT_BACKUP_MAX_ATTEMPTS: u32 = 6;
     pub const DEFAULT_SWEEP_GRACE_SECONDS: u32 = 300;
+    pub const DEFAULT_LEASE_MARGIN_SECONDS: u32 = 120;
 
     /// Reads every setting: `get` returns a var's text (`None` when unset), `databases` the
     /// `DATABASES` object when the Worker has one.
@@ -366,7 +369,14 @@ impl Settings {
             alerts: crate::alerts::AlertThresholds::from_vars(&get)?,
             alert_on_success,
             backup_max_attempts: read_count(&get, "BACKUP_MAX_ATTEMPTS", Self::DEFAULT_BACKUP_MAX_ATTEMPTS, 100)?,
-            sweep_grace_seconds: read_count(&get, "SWEEP_GRACE_SECONDS", Self::DEFAULT_SWEEP_GRACE_SECONDS, 86_400)?,
+            // 0 is allowed: every unheld, unfinished task is re-sent at every sweep (tests use it).
+            sweep_grace_seconds: match get("SWEEP_GRACE_SECONDS") {
+                None => Self::DEFAULT_SWEEP_GRACE_SECONDS,
+                Some(text) => text.trim().parse::<u32>().ok().filter(|v| *v <= 86_400).ok_or_else(|| {
+                    ConfigError(format!("SWEEP_GRACE_SECONDS must be a whole number of seconds from 0 to 86400, not {text:?}"))
+                })?,
+            },
+            lease_margin_seconds: read_count(&get, "LEASE_MARGIN_SECONDS", Self::DEFAULT_LEASE_MARGIN_SECONDS, 3_600)?,
             environment: get("ENVIRONMENT"),
         })
     }
@@ -384,7 +394,7 @@ impl Settings {
             TaskKind::Operation => (self.operation.max_attempts, self.export.max_seconds),
             TaskKind::Archive => (self.archive.max_attempts, u64::from(self.archive.max_seconds)),
         };
-        TaskPolicy { max_attempts, retry: self.retry, step_seconds }
+        TaskPolicy { max_attempts, retry: self.retry, step_seconds, lease_margin_seconds: u64::from(self.lease_margin_seconds) }
     }
 }
 

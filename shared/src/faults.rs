@@ -23,6 +23,10 @@ pub enum FaultStage {
     ContinueSend,
     /// Sending the job's first message when the job is recorded (lost likewise).
     EnqueueSend,
+    /// The lease of the delivery runs out at the end of its step, before it records the step,
+    /// and another delivery takes the task over (as when a step outlasts its lease). Counted
+    /// by the lease's fencing token: `failAttempts: 1` hits the task's first lease only.
+    LeaseExpiry,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -221,9 +221,6 @@ impl From<PortError> for TaskError {
     }
 }
 
-/// Seconds a lease outlasts the longest a step may take: its own bookkeeping after the budget.
-pub const LEASE_MARGIN_SECONDS: u64 = 120;
-
 /// How one kind of task is retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskPolicy {
@@ -232,6 +229,10 @@ pub struct TaskPolicy {
     pub retry: RetryPolicy,
     /// The longest a step may run (its budget's seconds).
     pub step_seconds: u64,
+    /// How long a lease outlasts `step_seconds`: the step's own bookkeeping after its budget.
+    /// A delivery still running after that loses the task to the next one (its writes are
+    /// fenced off), so this trades waiting for a dead delivery against redoing a slow one.
+    pub lease_margin_seconds: u64,
 }
 
 /// What becomes of a task after a step failed.
@@ -248,7 +249,7 @@ pub enum Verdict {
 impl TaskPolicy {
     /// Until when a lease taken at `now` holds.
     pub fn lease_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        now + Duration::seconds((self.step_seconds + LEASE_MARGIN_SECONDS) as i64)
+        now + Duration::seconds((self.step_seconds + self.lease_margin_seconds) as i64)
     }
 
     /// The verdict on attempt `lease.attempt` of a step failing with `error`.
@@ -436,7 +437,12 @@ mod tests {
 
     #[test]
     fn failures_back_off_until_the_budget_is_spent() {
-        let policy = TaskPolicy { max_attempts: 3, retry: RetryPolicy { base_seconds: 10, max_seconds: 15 }, step_seconds: 60 };
+        let policy = TaskPolicy {
+            max_attempts: 3,
+            retry: RetryPolicy { base_seconds: 10, max_seconds: 15 },
+            step_seconds: 60,
+            lease_margin_seconds: 120,
+        };
         let lease = |attempt| Lease { kind: TaskKind::Backup, id: "t".into(), step: 0, token: 1, attempt };
         let transient = TaskError::transient("SQLITE_BUSY");
         assert_eq!(policy.on_error(&lease(1), &transient, at(0)), Verdict::Retry { delay_seconds: 10, at: at(10) });

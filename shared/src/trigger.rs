@@ -33,21 +33,30 @@ struct TriggerBody {
     reason: Option<String>,
     /// Fault injection (local and test stacks only): database name → fault.
     faults: Option<BTreeMap<String, Fault>>,
-    /// Fault injection: send every message twice, as an at-least-once queue may deliver it.
-    deliver_twice: Option<bool>,
+    /// Fault injection: send every message this many times (2 to 5), as an at-least-once
+    /// queue may deliver it.
+    deliver_copies: Option<u32>,
     /// Fault injection: extra messages sent to the queue as they are (malformed ones, say).
     raw_messages: Option<Vec<serde_json::Value>>,
 }
 
 /// What a valid trigger asks for.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TriggerPlan {
     /// Configured database names, in configuration order.
     pub databases: Vec<String>,
     pub reason: Option<String>,
     pub faults: BTreeMap<String, Fault>,
-    pub deliver_twice: bool,
+    /// Copies of each message sent (1 unless fault injection asks for more).
+    pub deliver_copies: u32,
     pub raw_messages: Vec<serde_json::Value>,
+}
+
+impl Default for TriggerPlan {
+    /// Every listed database once, without a reason or faults.
+    fn default() -> Self {
+        TriggerPlan { databases: Vec::new(), reason: None, faults: BTreeMap::new(), deliver_copies: 1, raw_messages: Vec::new() }
+    }
 }
 
 /// Whether this deployment accepts fault injection: only a producer whose `ENVIRONMENT` var
@@ -102,12 +111,12 @@ pub fn plan_trigger(
             all.into_iter().filter(|name| requested.contains(name)).collect()
         }
     };
-    let injects = parsed.faults.is_some() || parsed.deliver_twice.is_some() || parsed.raw_messages.is_some();
+    let injects = parsed.faults.is_some() || parsed.deliver_copies.is_some() || parsed.raw_messages.is_some();
     if injects && !faults_allowed {
         return Err(ApiError::new(
             400,
             "fault_injection_disabled",
-            "faults, deliverTwice and rawMessages are for local and test stacks only; this deployment refuses them",
+            "faults, deliverCopies and rawMessages are for local and test stacks only; this deployment refuses them",
         ));
     }
     let faults = parsed.faults.unwrap_or_default();
@@ -118,11 +127,15 @@ pub fn plan_trigger(
             format!("fault for {name:?}, which this trigger does not back up"),
         ));
     }
+    let deliver_copies = parsed.deliver_copies.unwrap_or(1);
+    if !(1..=5).contains(&deliver_copies) {
+        return Err(ApiError::new(400, "invalid_body", "deliverCopies must be 1 to 5"));
+    }
     Ok(TriggerPlan {
         databases,
         reason: parsed.reason,
         faults,
-        deliver_twice: parsed.deliver_twice.unwrap_or(false),
+        deliver_copies,
         raw_messages: parsed.raw_messages.unwrap_or_default(),
     })
 }
@@ -265,12 +278,14 @@ mod tests {
 
     #[test]
     fn faults_only_where_allowed_and_only_for_backed_up_databases() {
-        let body = br#"{"databases":["demo"],"faults":{"demo":{"stage":"r2_part","failAttempts":2}},"deliverTwice":true}"#;
+        let body = br#"{"databases":["demo"],"faults":{"demo":{"stage":"r2_part","failAttempts":2}},"deliverCopies":3}"#;
         let err = plan_trigger(body, &configured(), false).unwrap_err();
         assert_eq!((err.status, err.code), (400, "fault_injection_disabled"));
         let plan = plan_trigger(body, &configured(), true).unwrap();
         assert_eq!(plan.faults["demo"].fail_attempts, 2);
-        assert!(plan.deliver_twice);
+        assert_eq!(plan.deliver_copies, 3);
+        let many = br#"{"databases":["demo"],"deliverCopies":9}"#;
+        assert_eq!(plan_trigger(many, &configured(), true).unwrap_err().code, "invalid_body");
         let other = br#"{"databases":["demo"],"faults":{"chinook":{"stage":"d1_query","failAttempts":1}}}"#;
         assert_eq!(plan_trigger(other, &configured(), true).unwrap_err().code, "unknown_database");
         let bad = br#"{"faults":{"demo":{"stage":"nowhere","failAttempts":1}}}"#;

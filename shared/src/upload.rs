@@ -147,8 +147,8 @@ impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
         Ok(())
     }
 
-    /// Ends this step: parks the tail as `<staging prefix>tail-<step>` and returns the
-    /// progress to continue from.
+    /// Ends this step: parks the tail as `<staging prefix>tail-<step>-<digest>` and returns
+    /// the progress to continue from.
     pub async fn pause(mut self, step: u32) -> Result<UploadProgress, PortError> {
         let result = self.park(step).await;
         if result.is_err() {
@@ -162,7 +162,11 @@ impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
         let tail_key = if self.buffer.is_empty() {
             None
         } else {
-            let key = format!("{}tail-{step:06}", self.spec.staging_prefix);
+            // Named by its content too (the digest of every byte so far): two deliveries of one
+            // step (one of them past its lease) never write the same tail object unless they
+            // hold the same bytes, so a stale delivery cannot change what the holder parked.
+            let digest = self.hash.hex_digest();
+            let key = format!("{}tail-{step:06}-{}", self.spec.staging_prefix, &digest[..16]);
             let info = ObjectInfo { content_type: "application/octet-stream".into(), custom: BTreeMap::new() };
             self.store.put(&key, std::mem::take(&mut self.buffer), &info).await?;
             Some(key)

@@ -256,6 +256,25 @@ class Stack:
             time.sleep(0.5)
         raise AssertionError(f"no nightly job for {night}:\n{self.log()}")
 
+    SWEEP_CRON = "*/10 * * * *"
+
+    def sweep(self) -> None:
+        """Fires the sweeper's cron now: every overdue task gets its message again."""
+        assert self.fire_cron(self.SWEEP_CRON, int(time.time() * 1000)).status == 200
+
+    def kill(self) -> None:
+        """SIGKILLs the whole stack (wrangler, workerd) mid-work, as a crash would: nothing
+        gets to finish, and the local queues lose the messages they held."""
+        if self.process is None:
+            return
+        pgid = self.process.pid
+        os.killpg(pgid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.process = None
+
     def fire_cron(self, cron: str, when_ms: int) -> Response:
         from urllib.parse import urlencode
         return self.request("GET", "/cdn-cgi/handler/scheduled?" + urlencode({"cron": cron, "time": when_ms}))
@@ -412,6 +431,16 @@ def override_vars(config: str, overrides: dict[str, str]) -> str:
     config = "\n".join(l for l in config.split("\n") if l.split(" = ")[0] not in overrides)
     lines = "".join(f'{name} = "{value}"\n' for name, value in overrides.items())
     return config.replace("\n[vars]\n", "\n[vars]\n" + lines, 1)
+
+
+def wait_until(condition, what: str, timeout: float = 60.0, interval: float = 0.2) -> None:
+    """Polls `condition` until it holds; fails naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def group_alive(pgid: int) -> bool:

@@ -75,7 +75,7 @@ def test_a_dead_multipart_export_leaves_no_upload_behind(roomy_stack):
 
 
 def test_duplicate_deliveries_export_once(roomy_stack):
-    r = trigger(roomy_stack, {"databases": ["chinook"], "deliverTwice": True})
+    r = trigger(roomy_stack, {"databases": ["chinook"], "deliverCopies": 2})
     job = roomy_stack.wait_for_job(r.json()["jobId"])
     run = run_of(job, "chinook")
     assert run["state"] == "succeeded" and run["attempts"] == 1
@@ -164,7 +164,7 @@ def test_fan_out_to_54_databases_completes(fan_out_stack):
 
 
 def test_production_refuses_fault_injection(fan_out_stack):
-    for body in ({"faults": {"demo": {"stage": "d1_query", "failAttempts": 1}}}, {"deliverTwice": True},
+    for body in ({"faults": {"demo": {"stage": "d1_query", "failAttempts": 1}}}, {"deliverCopies": 2},
                  {"rawMessages": ["x"]}):
         r = fan_out_stack.admin("POST", "/trigger", body)
         assert r.status == 400 and r.json()["error"] == "fault_injection_disabled", r.body
