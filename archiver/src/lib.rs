@@ -12,7 +12,7 @@
 use platform::archives::{self, ArchiveJobView};
 use platform::meta::Trigger;
 use platform::r2_store::R2Store;
-use platform::tasks::{self, Disposition, StepBody, StepOutcome};
+use platform::tasks::{self, meta_error, Disposition, StepBody, StepOutcome};
 use platform::{bindings, config, millis_to_utc, now};
 use shared::archive::{archive_step, ArchiveCheckpoint, ArchivePlan, ArchiveProgress};
 use shared::config::{RetryPolicy, Settings};
@@ -110,10 +110,6 @@ impl ArchiveTask<'_> {
         console_log!("{}: {outcome}", self.label);
         Ok(StepOutcome::Finished)
     }
-}
-
-fn meta_error(e: Error) -> TaskError {
-    TaskError::transient(e.to_string())
 }
 
 impl StepBody for ArchiveTask<'_> {

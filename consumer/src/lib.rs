@@ -18,7 +18,7 @@ mod operations;
 use platform::d1_source::D1Source;
 use platform::meta::{self, Attempt, RunView};
 use platform::r2_store::R2Store;
-use platform::tasks::{self, Disposition, StepBody, StepOutcome};
+use platform::tasks::{self, meta_error, Disposition, StepBody, StepOutcome};
 use platform::{bindings, config, now};
 use shared::backup::{backup_step, discard, BackupCheckpoint, BackupProgress, BackupTarget, PART_SIZE};
 use shared::config::{RetryPolicy, Settings};
@@ -273,17 +273,16 @@ impl StepBody for BackupTask<'_> {
         let progress = backup_step(&mut source, &mut store, &clock, &target, self.settings.export.step_budget(), checkpoint.as_ref())
             .await
             .map_err(|e| TaskError::transient(e.to_string()))?;
-        let statement_error = |e: Error| TaskError::transient(e.to_string());
         match progress {
             BackupProgress::Paused { checkpoint: next, superseded } => {
                 let json = serde_json::to_string(&next).map_err(|e| TaskError::permanent(e.to_string()))?;
                 let statements = vec![
-                    tasks::checkpoint(db, lease, &json, now()).map_err(statement_error)?,
-                    meta::attempt_statement(db, &self.attempt(lease, "continued", None, None), now()).map_err(statement_error)?,
+                    tasks::checkpoint(db, lease, &json, now()).map_err(meta_error)?,
+                    meta::attempt_statement(db, &self.attempt(lease, "continued", None, None), now()).map_err(meta_error)?,
                 ];
                 // Fault injection: this step outlasts its lease (the token counts the leases).
                 if Fault::fails(self.msg.fault.as_ref(), FaultStage::LeaseExpiry, lease.token as u32) {
-                    tasks::take_over_for_fault(db, &*self, lease).await.map_err(statement_error)?;
+                    tasks::take_over_for_fault(db, &*self, lease).await.map_err(meta_error)?;
                 }
                 if let Err(e) = tasks::commit(db, lease, statements).await {
                     if e.kind == ErrorKind::LostLease {
@@ -303,9 +302,9 @@ impl StepBody for BackupTask<'_> {
             BackupProgress::Complete { summary, superseded } => {
                 let key = BackupKey::parse(&summary.key)
                     .ok_or_else(|| TaskError::permanent(format!("unexpected key {}", summary.key)))?;
-                let mut statements = vec![tasks::finish(db, lease, TaskState::Succeeded, None, now()).map_err(statement_error)?];
+                let mut statements = vec![tasks::finish(db, lease, TaskState::Succeeded, None, now()).map_err(meta_error)?];
                 let attempt = self.attempt(lease, "succeeded", None, None);
-                statements.extend(meta::backup_statements(db, &self.run, &key, &summary, &attempt, now()).map_err(statement_error)?);
+                statements.extend(meta::backup_statements(db, &self.run, &key, &summary, &attempt, now()).map_err(meta_error)?);
                 tasks::commit(db, lease, statements).await.map_err(|e| e.context("recording the backup"))?;
                 // The superseded tail goes with the whole staging area.
                 drop(superseded);

@@ -11,7 +11,7 @@ use platform::d1_source::D1Target;
 use platform::meta;
 use platform::operations::{self, OperationView};
 use platform::r2_store::R2Store;
-use platform::tasks::{self, StepBody, StepOutcome};
+use platform::tasks::{self, meta_error, StepBody, StepOutcome};
 use platform::{bindings, now};
 use shared::config::Settings;
 use shared::task::{Lease, TaskError, TaskKind, TaskRecord, Verdict};
@@ -139,9 +139,8 @@ struct OperationTask<'a> {
 impl OperationTask<'_> {
     /// Records how the operation ended, in the step's fenced batch.
     async fn finish(&mut self, db: &D1Database, lease: &Lease, outcome: OperationOutcome) -> std::result::Result<StepOutcome, TaskError> {
-        let statement_error = |e: Error| TaskError::transient(e.to_string());
-        let (state, error, rows) = operations::outcome_statements(db, &self.op, &outcome, now()).map_err(statement_error)?;
-        let mut statements = vec![tasks::finish(db, lease, state, error.as_deref(), now()).map_err(statement_error)?];
+        let (state, error, rows) = operations::outcome_statements(db, &self.op, &outcome, now()).map_err(meta_error)?;
+        let mut statements = vec![tasks::finish(db, lease, state, error.as_deref(), now()).map_err(meta_error)?];
         statements.extend(rows);
         tasks::commit(db, lease, statements).await.map_err(|e| e.context("recording the outcome"))?;
         let verdict = serde_json::to_string(&outcome).unwrap_or_default();
@@ -169,7 +168,6 @@ impl StepBody for OperationTask<'_> {
     }
 
     async fn run(&mut self, db: &D1Database, _task: &TaskRecord, lease: &Lease) -> std::result::Result<StepOutcome, TaskError> {
-        let meta_error = |e: Error| TaskError::transient(e.to_string());
         // A restore over data waits for the backup of its target.
         if let (0, Some(job_id)) = (lease.step, self.op.pre_backup_job_id.as_deref()) {
             let job_id = Uuid::parse_str(job_id).map_err(|e| TaskError::permanent(format!("pre-backup job id: {e}")))?;

@@ -126,6 +126,12 @@ pub async fn take_over_for_fault<B: StepBody>(db: &D1Database, body: &B, lease: 
     body.send(lease.step, 0).await
 }
 
+/// An error of the metadata database (or of preparing a statement for it) as a step meets it,
+/// typed at the boundary like every D1 error.
+pub fn meta_error(e: worker::Error) -> TaskError {
+    TaskError::from(PortError::from_d1_message(e.to_string()))
+}
+
 /// Step done: the task moves to the next step from `checkpoint`, due now. Goes in the step's
 /// fenced batch with whatever the step recorded.
 pub fn checkpoint(db: &D1Database, lease: &Lease, checkpoint: &str, now: DateTime<Utc>) -> Result<D1PreparedStatement> {
@@ -240,7 +246,7 @@ pub async fn deliver<B: StepBody>(db: &D1Database, settings: &Settings, body: &m
         Ok(StepOutcome::Wait(seconds)) => {
             let at = now + chrono::Duration::seconds(i64::from(seconds));
             let postponed = statement(db, &postpone_sql(kind), &[text(&lease.id), text(&timestamp(at)), text(&timestamp(now))]);
-            match postponed.map_err(|e| TaskError::transient(e.to_string())) {
+            match postponed.map_err(meta_error) {
                 Ok(s) => match commit(db, &lease, vec![s]).await {
                     Ok(_) => {
                         if let Err(e) = body.send(step, seconds).await {
@@ -282,7 +288,7 @@ async fn fail<B: StepBody>(db: &D1Database, policy: &TaskPolicy, body: &mut B, l
         .and_then(|s| Ok(std::iter::once(s).chain(body.failure_statements(db, lease, &error, &verdict, now)?).collect()));
     let recorded = match statements {
         Ok(statements) => commit(db, lease, statements).await,
-        Err(e) => Err(TaskError::transient(e.to_string())),
+        Err(e) => Err(meta_error(e)),
     };
     match (recorded, verdict) {
         (Err(e), _) if e.kind == shared::task::ErrorKind::LostLease => {

@@ -132,3 +132,30 @@ pub trait ObjectStore {
     async fn complete_multipart(&mut self, key: &str, upload_id: &str, parts: &[UploadedPart]) -> Result<(), PortError>;
     async fn abort_multipart(&mut self, key: &str, upload_id: &str) -> Result<(), PortError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn d1_errors_are_typed_once_at_the_boundary() {
+        for refused in [
+            "D1_ERROR: no such table: Track: SQLITE_ERROR",
+            "D1_ERROR: UNIQUE constraint failed: jobs.id: SQLITE_CONSTRAINT",
+            "D1_ERROR: CHECK constraint failed: held = 1: SQLITE_CONSTRAINT",
+            "D1_ERROR: string or blob too big: SQLITE_TOOBIG",
+        ] {
+            assert_eq!(PortError::from_d1_message(refused).kind, PortErrorKind::Rejected, "{refused}");
+        }
+        for transient in [
+            "D1_ERROR: database is locked: SQLITE_BUSY",
+            "D1_ERROR: Network connection lost.",
+            "D1 DB is overloaded. Requests queued for too long.",
+            "D1_ERROR: D1 DB reset because its code was updated.",
+            "D1_ERROR: disk I/O error: SQLITE_IOERR",
+            "Internal error while starting up D1 DB storage caused object to be reset.",
+        ] {
+            assert_eq!(PortError::from_d1_message(transient).kind, PortErrorKind::Unavailable, "{transient}");
+        }
+    }
+}
