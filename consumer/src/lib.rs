@@ -461,7 +461,7 @@ async fn bury(env: &Env, delivery: &Delivery) {
         };
         // Only the delivery that carries the run's current step can kill it: a late duplicate
         // of a step already done, or a run that ended, leaves the run as it is.
-        if run.state().is_final() || msg.step != run.step {
+        if run.state.is_final() || msg.step != run.step {
             console_log!("{label}: dead letter for a run {} at step {}; nothing to do", run.state, run.step);
             return Ok(());
         }

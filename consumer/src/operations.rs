@@ -145,7 +145,8 @@ impl OperationTask<'_> {
         tasks::commit(db, lease, statements).await.map_err(|e| e.context("recording the outcome"))?;
         let verdict = serde_json::to_string(&outcome).unwrap_or_default();
         let succeeded = outcome.succeeded();
-        console_log!("{}: {} {}; wasm memory {} MiB", self.label, self.op.kind, if succeeded { "succeeded" } else { "failed" }, wasm_memory_mib());
+        let state = if succeeded { "succeeded" } else { "failed" };
+        console_log!("{}: {:?} {state}; wasm memory {} MiB", self.label, self.op.kind, wasm_memory_mib());
         if !succeeded {
             console_error!("{}: {verdict}", self.label);
         }
@@ -276,7 +277,7 @@ impl StepBody for OperationTask<'_> {
 
 /// A failed verification raises `verify_failed` (once per operation) and is delivered at once.
 async fn raise_verify_alert(env: &Env, meta_db: &D1Database, op: &OperationView, table: Option<&str>, detail: &str) {
-    if op.kind != "verify" {
+    if op.kind != OperationKind::Verify {
         return;
     }
     let table_note = table.map(|t| format!(" (first differing table: {t})")).unwrap_or_default();

@@ -6,6 +6,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use shared::archive::{ArchiveMember, ArchiveSummary};
 use shared::keys::IsoWeek;
+use shared::task::TaskState;
 use shared::message::ArchiveMessage;
 use shared::ports::ObjectStore;
 use shared::retention::{plan_retention, Decision, RetentionPolicy, StoredKind, StoredObject};
@@ -77,7 +78,7 @@ pub struct ArchiveJobView {
     pub id: String,
     pub week: String,
     pub trigger: String,
-    pub state: String,
+    pub state: TaskState,
     pub outcome: Option<String>,
     pub attempts: u32,
     #[serde(skip_serializing)]
@@ -104,10 +105,10 @@ impl ArchiveJobView {
     /// The API's view: a job like backup jobs (`jobId`, `kind`, `status`) with the archive.
     pub fn to_json(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).unwrap_or_default();
-        let status = match self.state.as_str() {
-            "succeeded" => "completed",
-            "dead" => "failed",
-            _ => "running",
+        let status = match self.state {
+            TaskState::Succeeded => "completed",
+            TaskState::Dead | TaskState::Failed => "failed",
+            TaskState::Queued | TaskState::Running | TaskState::Retrying => "running",
         };
         if let Some(object) = value.as_object_mut() {
             object.insert("jobId".into(), self.id.clone().into());

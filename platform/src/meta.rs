@@ -188,7 +188,7 @@ pub async fn nightly_job(db: &D1Database, requested_at: DateTime<Utc>) -> Result
 pub struct RunView {
     pub id: String,
     pub database: String,
-    pub state: String,
+    pub state: TaskState,
     pub attempts: u32,
     pub r2_key: String,
     pub bytes: Option<u64>,
@@ -242,11 +242,7 @@ pub struct AttemptView {
     pub retry_delay_s: Option<u32>,
 }
 
-impl RunView {
-    pub fn state(&self) -> TaskState {
-        TaskState::parse(&self.state).unwrap_or(TaskState::Queued)
-    }
-}
+
 
 #[derive(Debug, Clone, Deserialize)]
 struct JobRow {
@@ -297,7 +293,7 @@ async fn job_view(db: &D1Database, job: JobRow) -> Result<JobView> {
     for run in &mut runs {
         run.history = history.iter().filter(|a| a.run_id == run.id).cloned().collect();
     }
-    let states: Vec<TaskState> = runs.iter().map(RunView::state).collect();
+    let states: Vec<TaskState> = runs.iter().map(|r| r.state).collect();
     Ok(JobView {
         job_id: job.id,
         kind: job.kind,

@@ -93,8 +93,8 @@ pub async fn skip_verification(db: &D1Database, run_id: &str, reason: &str) -> R
 #[serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))]
 pub struct OperationView {
     pub id: String,
-    pub kind: String,
-    pub state: String,
+    pub kind: OperationKind,
+    pub state: TaskState,
     pub source_key: String,
     pub database: String,
     pub run_id: Option<String>,
@@ -123,10 +123,6 @@ pub struct OperationView {
 impl OperationView {
     pub fn plan(&self) -> std::result::Result<OperationPlan, String> {
         serde_json::from_str(&self.plan).map_err(|e| format!("unreadable operation plan: {e}"))
-    }
-
-    pub fn is_final(&self) -> bool {
-        matches!(self.state.as_str(), "succeeded" | "failed" | "dead")
     }
 
     /// The API's view, with the outcome parsed.
@@ -232,7 +228,7 @@ pub fn outcome_statements(
         )?,
         statement(db, "DELETE FROM locks WHERE owner = ?1", &[text(&op.id)])?,
     ];
-    if op.kind == "verify" {
+    if op.kind == OperationKind::Verify {
         let (verdict, detail) = match outcome {
             OperationOutcome::Verified(v) if v.passed => {
                 let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
@@ -426,10 +422,10 @@ pub async fn database_contents(db: &D1Database) -> Result<DatabaseContents> {
 }
 
 /// The run behind `run_id`: its state, key and database.
-pub async fn run_backup(db: &D1Database, run_id: &str) -> Result<Option<(String, String, String)>> {
+pub async fn run_backup(db: &D1Database, run_id: &str) -> Result<Option<(TaskState, String, String)>> {
     #[derive(Deserialize)]
     struct Row {
-        state: String,
+        state: TaskState,
         r2_key: String,
         database: String,
     }

@@ -12,6 +12,7 @@ use shared::config::Settings;
 use shared::keys::BackupKind;
 use shared::restore::operation::{OperationKind, OperationPlan};
 use shared::restore::request::parse_restore_request;
+use shared::task::TaskState;
 use shared::trigger::TriggerPlan;
 use uuid::Uuid;
 use worker::*;
@@ -40,7 +41,7 @@ pub(crate) async fn verify_run(env: &Env, settings: &Settings, run_id: &str) -> 
     let Some((state, key, _)) = operations::run_backup(&meta_db, run_id).await? else {
         return error(404, "not_found", format!("no run {run_id}"));
     };
-    if state != "succeeded" {
+    if state != TaskState::Succeeded {
         return error(409, "not_verifiable", format!("run {run_id} is {state}: only a succeeded run has a dump to verify"));
     }
     let backup = match operations::resolve_backup(&meta_db, &key, None).await? {
