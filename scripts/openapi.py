@@ -151,10 +151,12 @@ operation = {
 }
 # What a restore would do (a dry run) or is about to do (queued).
 restore_report = {
-    "backup": {"type": "object", "required": ["key", "database", "kind", "date", "bytes", "tables", "rows", "source"], "properties": {
+    "backup": {"type": "object", "required": ["key", "database", "kind", "date", "bytes", "tables", "rows", "source", "verification"], "properties": {
         "key": {"type": "string"}, "database": {"type": "string"}, "kind": {"enum": ["daily", "manual"]}, "date": DATE,
         "bytes": {"type": "integer", "minimum": 0}, "tables": {"type": "integer", "minimum": 0},
         "rows": {"type": "integer", "minimum": 0},
+        "verification": {"type": "object", "required": ["state", "detail"], "properties": {
+            "state": {"enum": ["pending", "verifying", "verified", "verify_failed", "skipped", None]}, "detail": NULLABLE_STR}},
         "source": {"oneOf": [
             {"type": "object", "required": ["from", "key"], "properties": {"from": {"const": "object"}, "key": {"type": "string"}}},
             {"type": "object", "required": ["from", "archive"], "properties": {
@@ -173,8 +175,8 @@ REPORT_FIELDS = ["backup", "target", "table", "actions", "requiresConfirmation",
 dry_run = {
     "type": "object", "required": REPORT_FIELDS + ["toProceed"],
     "properties": {**restore_report, "dryRun": {"const": True},
-                   "toProceed": {"type": "object", "required": ["dryRun", "confirm"], "properties": {
-                       "dryRun": {"const": False}, "confirm": NULLABLE_STR}}},
+                   "toProceed": {"type": "object", "required": ["dryRun", "confirm", "allowUnverified"], "properties": {
+                       "dryRun": {"const": False}, "confirm": NULLABLE_STR, "allowUnverified": {"type": "boolean"}}}},
 }
 queued_restore = {
     "type": "object", "required": REPORT_FIELDS + ["operationId", "status", "preBackupJobId"],
@@ -261,12 +263,13 @@ paths = {
                                   "week": {**WEEK, "description": "read the backup out of this week's archive"},
                                   "table": {"type": "string", "minLength": 1, "maxLength": 1024, "description": "restore this table alone"},
                                   "dryRun": {"type": "boolean", "default": True, "description": "report what would happen, change nothing"},
-                                  "confirm": {"type": "string", "description": "the target's name again: required over a database that holds anything"}}}}}},
+                                  "confirm": {"type": "string", "description": "the target's name again: required over a database that holds anything"},
+                                  "allowUnverified": {"type": "boolean", "default": False, "description": "restore a backup whose verification failed"}}}}}},
                           "responses": {**ok("the dry run's report", {"$ref": "#/components/schemas/RestoreDryRun"}),
                                         **ok("queued (after a backup of the target when it holds anything)",
                                              {"$ref": "#/components/schemas/RestoreQueued"}, "202"),
                                         "400": err("bad body"), "404": err("no such backup, or no readable copy of it"),
-                                        "409": err("the target holds data and confirm does not name it"),
+                                        "409": err("the target holds data and confirm does not name it, or the backup failed its verification and allowUnverified is not set"),
                                         "413": err("body too large"), "422": err("unknown target database or table"),
                                         **ADMIN_ERRORS}}},
     "/operations": {"get": {"summary": "Newest verifications and restores",
@@ -300,7 +303,7 @@ document = {
     "paths": paths,
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                       "description": "ADMIN_TOKEN for everything; READ_TOKEN for reads"}},
+                                       "description": "ADMIN_TOKEN for everything; READ_TOKEN for reads of status and metadata (not downloads)"}},
         "schemas": {
             "Error": {"type": "object", "required": ["error", "message"],
                       "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},

@@ -9,6 +9,7 @@ use shared::keys::IsoWeek;
 use shared::task::TaskState;
 use shared::message::ArchiveMessage;
 use shared::ports::ObjectStore;
+use shared::restore::verify::VerifyState;
 use shared::retention::{plan_retention, Decision, RetentionPolicy, StoredKind, StoredObject};
 use uuid::Uuid;
 use worker::{D1Database, D1PreparedStatement, Result};
@@ -342,6 +343,7 @@ pub async fn run_cleanup<O: ObjectStore>(
         date: String,
         created_at: String,
         archived_in: Option<String>,
+        verify_state: Option<VerifyState>,
     }
     // A daily counts as archived only in a live archive that holds it as a member (not one
     // that left it out).
@@ -350,10 +352,11 @@ pub async fn run_cleanup<O: ObjectStore>(
             "SELECT b.key, b.kind, b.database, b.date, b.created_at, \
                (SELECT a.key FROM archive_members m JOIN archives a ON a.key = m.archive_key \
                  WHERE m.source_key = b.key AND m.path IS NOT NULL AND m.sha256 = b.sha256 \
-                   AND a.deleted_at IS NULL ORDER BY a.key LIMIT 1) AS archived_in \
+                   AND a.deleted_at IS NULL ORDER BY a.key LIMIT 1) AS archived_in, \
+               (SELECT r.verify_state FROM runs r WHERE r.id = b.run_id) AS verify_state \
              FROM backups b WHERE b.deleted_at IS NULL \
              UNION ALL \
-             SELECT key, 'weekly', NULL, date, created_at, NULL FROM archives WHERE deleted_at IS NULL",
+             SELECT key, 'weekly', NULL, date, created_at, NULL, NULL FROM archives WHERE deleted_at IS NULL",
         )
         .all()
         .await?
@@ -374,6 +377,7 @@ pub async fn run_cleanup<O: ObjectStore>(
                 date,
                 created_at: DateTime::parse_from_rfc3339(&r.created_at).ok()?.with_timezone(&Utc),
                 archived_in: r.archived_in,
+                verify: r.verify_state,
             })
         })
         .collect();

@@ -12,12 +12,16 @@ pub fn error(status: u16, code: &str, message: impl Into<String>) -> Result<Resp
     json(status, &serde_json::json!({ "error": code, "message": message.into() }))
 }
 
-/// Compares in time that depends only on the lengths, not on where the inputs differ.
+/// Compares two secrets in time that depends neither on where they differ nor on whether their
+/// lengths match: both are hashed (SHA-256) and the fixed-length digests compared byte by byte.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let digest = |bytes: &[u8]| {
+        let mut hash = shared::sha256::ResumableSha256::new();
+        hash.update(bytes);
+        hash.hex_digest().into_bytes()
+    };
+    let (a, b) = (digest(a), digest(b));
+    a.iter().zip(&b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Who a request's `Authorization: Bearer` token says it is.
@@ -25,7 +29,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub enum Auth {
     /// The admin token: everything.
     Admin,
-    /// The read-only token: reads (GET) only.
+    /// The read-only token: status and metadata (GET) only; never a backup's bytes.
     ReadOnly,
     /// No or malformed credentials: 401.
     Missing,

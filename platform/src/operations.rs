@@ -8,6 +8,7 @@ use shared::dump::sql::ident;
 use shared::dump::TableCount;
 use shared::restore::extract::ArchivedDump;
 use shared::restore::operation::{DumpSource, OperationKind, OperationOutcome, OperationPlan};
+use shared::restore::verify::VerifyState;
 use shared::restore::DumpObject;
 use uuid::Uuid;
 use worker::wasm_bindgen::JsValue;
@@ -289,6 +290,9 @@ pub struct ResolvedBackup {
     pub source: DumpSource,
     /// Set when the dump is read out of this weekly archive.
     pub archive_key: Option<String>,
+    /// The dump's verification (`None` for dumps older than verification).
+    pub verify_state: Option<VerifyState>,
+    pub verify_detail: Option<String>,
 }
 
 /// Finds the backup stored at `key`: its own object while it exists (unless `week` asks for
@@ -311,6 +315,8 @@ pub async fn resolve_backup(
         tables: u64,
         sha256: String,
         deleted_at: Option<String>,
+        verify_state: Option<VerifyState>,
+        verify_detail: Option<String>,
     }
     #[derive(Deserialize)]
     struct Member {
@@ -320,7 +326,8 @@ pub async fn resolve_backup(
     }
     let row: Option<Row> = statement(
         db,
-        "SELECT key, database, kind, date, run_id, bytes, rows, tables, sha256, deleted_at FROM backups WHERE key = ?1",
+        "SELECT b.key, b.database, b.kind, b.date, b.run_id, b.bytes, b.rows, b.tables, b.sha256, b.deleted_at, \
+           r.verify_state, r.verify_detail FROM backups AS b LEFT JOIN runs AS r ON r.id = b.run_id WHERE b.key = ?1",
         &[text(key)],
     )?
     .first(None)
@@ -339,6 +346,8 @@ pub async fn resolve_backup(
         tables: row.tables,
         source: DumpSource::Stored(DumpObject { gzip: row.key.ends_with(".gz"), key: row.key, sha256: row.sha256 }),
         archive_key: None,
+        verify_state: row.verify_state,
+        verify_detail: row.verify_detail,
     };
     if row.deleted_at.is_none() && week.is_none() {
         return Ok(Ok(resolved));

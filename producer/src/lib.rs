@@ -57,6 +57,10 @@ async fn route(req: &mut Request, env: &Env, settings: &Settings) -> Result<Resp
     let read_token = env.secret("READ_TOKEN").ok().map(|s| s.to_string());
     match authorize(req, &admin_token, read_token.as_deref()) {
         Auth::Admin => {}
+        // Backups are the data itself: downloading one needs the admin token.
+        Auth::ReadOnly if matches!(segments.as_slice(), ["download", ..]) => {
+            return error(403, "forbidden", "downloading a backup needs the admin token; the read-only token reads status and metadata only")
+        }
         Auth::ReadOnly if method == Method::Get || method == Method::Head => {}
         Auth::ReadOnly => return error(403, "forbidden", "the read-only token cannot change anything; use the admin token"),
         Auth::Missing => return unauthorized("send Authorization: Bearer <token>"),

@@ -12,6 +12,7 @@ use shared::config::Settings;
 use shared::keys::BackupKind;
 use shared::restore::operation::{OperationKind, OperationPlan};
 use shared::restore::request::parse_restore_request;
+use shared::restore::verify::VerifyState;
 use shared::task::TaskState;
 use shared::trigger::TriggerPlan;
 use uuid::Uuid;
@@ -125,10 +126,15 @@ pub(crate) async fn restore(req: &mut Request, env: &Env, settings: &Settings) -
         Some(archive) => serde_json::json!({ "from": "weekly_archive", "archive": archive }),
         None => serde_json::json!({ "from": "object", "key": backup.key }),
     };
+    let failed_verification = backup.verify_state == Some(VerifyState::VerifyFailed);
+    if failed_verification {
+        actions.insert(0, "restore a backup whose verification FAILED (a real restore needs \"allowUnverified\": true)".into());
+    }
     let report = serde_json::json!({
         "backup": {
             "key": backup.key, "database": backup.database, "kind": backup.kind, "date": backup.date,
             "bytes": backup.bytes, "tables": backup.tables, "rows": backup.rows, "source": source,
+            "verification": { "state": backup.verify_state, "detail": backup.verify_detail },
         },
         "target": { "database": request.target, "empty": contents.is_empty(), "contents": contents },
         "table": request.table,
@@ -142,8 +148,21 @@ pub(crate) async fn restore(req: &mut Request, env: &Env, settings: &Settings) -
         report["toProceed"] = serde_json::json!({
             "dryRun": false,
             "confirm": if needs_confirmation { Some(&request.target) } else { None },
+            "allowUnverified": failed_verification,
         });
         return json(200, &report);
+    }
+    if failed_verification && !request.allow_unverified {
+        return error(
+            409,
+            "backup_failed_verification",
+            format!(
+                "{} failed its verification ({}): restoring it may not give back the data it was taken from; \
+                 send \"allowUnverified\": true to restore it anyway",
+                backup.key,
+                backup.verify_detail.as_deref().unwrap_or("no detail recorded")
+            ),
+        );
     }
     if needs_confirmation && !request.confirmed() {
         return error(

@@ -1,12 +1,16 @@
 //! Retention: which stored backups to delete, decided from the inventory alone.
 //!
 //! Ages are whole days between an object's date and today (UTC): a daily dated D is kept while
-//! `today - D <= daily_days`. Two rules override every age limit, so cleanup never deletes the
+//! `today - D <= daily_days`. These rules override every age limit, so cleanup never deletes the
 //! last good copy of anything:
 //! - the newest successful backup of each database is kept, whatever its age;
+//! - so is the newest backup of each database whose verification passed (the newest backup
+//!   may be one that failed it);
+//! - a backup whose verification is still under way is kept until it has a verdict;
 //! - a daily past its retention is deleted only when a verified weekly archive holds it, or
 //!   when it is older than the weekly retention itself (an archive would be gone by then too).
 
+use crate::restore::verify::VerifyState;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -46,6 +50,8 @@ pub struct StoredObject {
     pub created_at: DateTime<Utc>,
     /// For a daily: the verified weekly archive that holds it, if any.
     pub archived_in: Option<String>,
+    /// A backup's verification (`None`: never verified, or a weekly archive).
+    pub verify: Option<VerifyState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,15 +64,8 @@ pub struct Decision {
 
 /// One decision per object, in the order given.
 pub fn plan_retention(objects: &[StoredObject], today: NaiveDate, policy: RetentionPolicy) -> Vec<Decision> {
-    let mut newest: BTreeMap<&str, &StoredObject> = BTreeMap::new();
-    for object in objects.iter().filter(|o| o.kind != StoredKind::Weekly) {
-        if let Some(db) = object.database.as_deref() {
-            let entry = newest.entry(db).or_insert(object);
-            if (object.date, object.created_at, &object.key) > (entry.date, entry.created_at, &entry.key) {
-                *entry = object;
-            }
-        }
-    }
+    let newest = newest_per_database(objects.iter());
+    let newest_verified = newest_per_database(objects.iter().filter(|o| o.verify == Some(VerifyState::Verified)));
     let weekly_days = i64::from(policy.weekly_weeks) * 7;
     objects
         .iter()
@@ -84,6 +83,20 @@ pub fn plan_retention(objects: &[StoredObject], today: NaiveDate, policy: Retent
                     "newest backup of {}",
                     object.database.as_deref().unwrap_or_default()
                 ));
+            }
+            let is_newest_verified = object
+                .database
+                .as_deref()
+                .and_then(|db| newest_verified.get(db))
+                .is_some_and(|n| n.key == object.key);
+            if is_newest_verified {
+                return keep(format!(
+                    "newest backup of {} whose verification passed",
+                    object.database.as_deref().unwrap_or_default()
+                ));
+            }
+            if matches!(object.verify, Some(VerifyState::Pending | VerifyState::Verifying)) {
+                return keep("its verification is under way".into());
             }
             match object.kind {
                 StoredKind::Daily if age <= i64::from(policy.daily_days) => {
@@ -116,6 +129,20 @@ pub fn plan_retention(objects: &[StoredObject], today: NaiveDate, policy: Retent
         .collect()
 }
 
+/// The newest of `objects` (by date, then creation) for each database; weekly archives aside.
+fn newest_per_database<'a>(objects: impl Iterator<Item = &'a StoredObject>) -> BTreeMap<&'a str, &'a StoredObject> {
+    let mut newest: BTreeMap<&str, &StoredObject> = BTreeMap::new();
+    for object in objects.filter(|o| o.kind != StoredKind::Weekly) {
+        if let Some(db) = object.database.as_deref() {
+            let entry = newest.entry(db).or_insert(object);
+            if (object.date, object.created_at, &object.key) > (entry.date, entry.created_at, &entry.key) {
+                *entry = object;
+            }
+        }
+    }
+    newest
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +159,7 @@ mod tests {
             date: day(date),
             created_at: day(date).and_hms_opt(3, 0, 0).unwrap().and_utc(),
             archived_in: archived_in.map(Into::into),
+            verify: None,
         }
     }
 
@@ -192,5 +220,26 @@ mod tests {
         let policy = RetentionPolicy { daily_days: 1, weekly_weeks: 1, manual_days: 1 };
         let decisions = plan_retention(&objects, day("2026-11-23"), policy);
         assert_eq!(deleted(&decisions), ["daily/2026-10-01/a.sql"]);
+    }
+
+    #[test]
+    fn the_newest_verified_backup_is_kept_and_verdicts_are_awaited() {
+        let verified = |mut o: StoredObject, state| {
+            o.verify = Some(state);
+            o
+        };
+        let objects = [
+            // The newest failed its verification: the newest verified one stays too.
+            verified(object("daily/2026-11-23/a.sql", StoredKind::Daily, Some("a"), "2026-11-23", None), VerifyState::VerifyFailed),
+            verified(object("manual/2026-09-01/j/a.sql", StoredKind::Manual, Some("a"), "2026-09-01", None), VerifyState::Verified),
+            verified(object("manual/2026-08-01/j/a.sql", StoredKind::Manual, Some("a"), "2026-08-01", None), VerifyState::Verified),
+            // Past its age, but its verification has not finished: kept until it has.
+            verified(object("manual/2026-08-02/j/b.sql", StoredKind::Manual, Some("b"), "2026-08-02", None), VerifyState::Verifying),
+            verified(object("manual/2026-11-20/j/b.sql", StoredKind::Manual, Some("b"), "2026-11-20", None), VerifyState::Skipped),
+        ];
+        let decisions = plan_retention(&objects, day("2026-11-23"), RetentionPolicy::default());
+        assert_eq!(deleted(&decisions), ["manual/2026-08-01/j/a.sql"]);
+        assert_eq!(decisions[1].reason, "newest backup of a whose verification passed");
+        assert_eq!(decisions[3].reason, "its verification is under way");
     }
 }

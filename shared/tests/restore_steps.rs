@@ -8,6 +8,7 @@ use futures::executor::block_on;
 use rusqlite::Connection;
 use shared::backup::{BackupSummary, BackupTarget};
 use shared::dump::StepBudget;
+use shared::restore::operation::{operation_step, DumpSource, OperationKind, OperationOutcome, OperationPhase, OperationPlan, OperationProgress};
 use shared::restore::verify::{verify_step, VerifyOutcome, VerifyProgress};
 use shared::restore::{restore_step, DumpObject, RestoreError, RestorePlan, RestoreProgress, RestoreReport, PROGRESS_TABLE};
 use std::collections::BTreeMap;
@@ -515,5 +516,95 @@ fn a_verification_whose_scratch_copy_vanished_restores_again() {
                 return;
             }
         }
+    }
+}
+
+/// Runs a restore operation step by step, each from nothing but its saved phase, as the
+/// consumer does; returns its outcome.
+fn run_restore_operation(target: &Connection, store: &mut MemoryStore, summary: &BackupSummary) -> OperationOutcome {
+    let plan = OperationPlan {
+        id: "op-check".into(),
+        kind: OperationKind::Restore,
+        source: DumpSource::Stored(DumpObject {
+            key: summary.key.clone(),
+            gzip: summary.key.ends_with(".gz"),
+            sha256: summary.sha256.clone(),
+        }),
+        table: None,
+        expected: summary.tables.clone(),
+        rows_per_query: 100,
+    };
+    let mut target = RusqliteTarget::new(target);
+    let mut phase = plan.start();
+    assert!(matches!(phase, OperationPhase::Checking(None)), "a restore starts by checking the dump");
+    for token in 1..10_000 {
+        let budget = StepBudget { max_bytes: 20_000, ..SMALL };
+        match block_on(operation_step(&mut target, store, &clock(), &plan, budget, phase.clone(), token)).unwrap() {
+            OperationProgress::Paused { phase: next, .. } => {
+                phase = serde_json::from_str(&serde_json::to_string(&next).unwrap()).unwrap();
+            }
+            OperationProgress::Done(outcome) => return outcome,
+        }
+    }
+    panic!("the restore does not advance");
+}
+
+/// Everything in a database, as rows of text, to compare before and after.
+fn everything(conn: &Connection) -> Vec<String> {
+    let mut out = Vec::new();
+    let objects: Vec<(String, String, Option<String>)> = conn
+        .prepare("SELECT type, name, sql FROM sqlite_master ORDER BY name").unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
+    for (kind, name, sql) in objects {
+        out.push(format!("{kind} {name} {sql:?}"));
+        if kind == "table" {
+            let mut stmt = conn.prepare(&format!("SELECT * FROM \"{name}\"")).unwrap();
+            let columns = stmt.column_count();
+            let rows: Vec<String> = stmt
+                .query_map([], |r| (0..columns).map(|i| Ok(format!("{:?}", r.get_ref(i)?))).collect::<rusqlite::Result<Vec<_>>>())
+                .unwrap()
+                .map(|row| row.unwrap().join("|"))
+                .collect();
+            out.extend(rows);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_damaged_or_cut_dump_is_refused_before_the_target_is_touched() {
+    let source = chinook();
+    for gzip in [false, true] {
+        let mut clean = MemoryStore::default();
+        let summary = back_up(&source, &mut clean, gzip);
+        let damages: [(&str, fn(&mut Vec<u8>)); 3] = [
+            ("a byte changed", |dump| {
+                let at = dump.len() * 3 / 4;
+                dump[at] ^= 0x20;
+            }),
+            ("cut short", |dump| dump.truncate(dump.len() * 9 / 10)),
+            ("its last line gone", |dump| dump.truncate(dump.len() - 40)),
+        ];
+        for (what, damage) in damages {
+            let mut store = MemoryStore { objects: clean.objects.clone(), ..MemoryStore::default() };
+            damage(&mut store.objects.get_mut(&summary.key).unwrap().0);
+            let target = Connection::open_in_memory().unwrap();
+            target.execute_batch("CREATE TABLE precious (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO precious VALUES (1, 'keep me');").unwrap();
+            let before = everything(&target);
+            match run_restore_operation(&target, &mut store, &summary) {
+                OperationOutcome::Failed { message, .. } => {
+                    assert!(message.contains("nothing in the target was changed"), "{what} (gzip {gzip}): {message}")
+                }
+                other => panic!("{what} (gzip {gzip}): expected a refusal, got {other:?}"),
+            }
+            assert_eq!(everything(&target), before, "{what} (gzip {gzip}): the target was touched");
+        }
+        // The undamaged dump passes its check over many steps and restores exactly.
+        let target = Connection::open_in_memory().unwrap();
+        match run_restore_operation(&target, &mut clean, &summary) {
+            OperationOutcome::Restored(report) => assert!(report.sha256_matches),
+            other => panic!("gzip {gzip}: {other:?}"),
+        }
+        assert_same_data(&source, &target);
     }
 }

@@ -309,6 +309,16 @@ class Stack:
             dest.write_bytes(body)
         return body
 
+    def r2_flip_byte(self, key: str, offset: int) -> None:
+        """Changes one byte of a single-put object in place, in the local bucket's blob file:
+        the bit rot nobody is told about (size and index unchanged)."""
+        rows = self.r2_index(f"SELECT blob_id FROM _mf_objects WHERE key = {sql_text(key)} AND blob_id IS NOT NULL")
+        assert rows, f"no single-put object {key!r} in the local bucket"
+        blob = self.state_dir / "v3/r2/d1-backups/blobs" / rows[0][0]
+        data = bytearray(blob.read_bytes())
+        data[offset] ^= 0x20
+        blob.write_bytes(bytes(data))
+
     def r2_index(self, sql: str) -> list[tuple]:
         """Queries the local R2 bucket's own index (miniflare keeps it in SQLite): which objects
         and multipart uploads exist, with their metadata, beyond what the wrangler CLI shows."""

@@ -14,8 +14,9 @@ from stack import ADMIN_TOKEN, READ_TOKEN, ROOMY_BUDGET, ROOT, Stack
 
 NO_SUCH_ID = "00000000-0000-4000-8000-000000000000"
 READS = ["/status", "/jobs", f"/jobs/{NO_SUCH_ID}", "/list", "/dead-letters",
-         "/metrics", "/openapi.json", "/restore-guide/demo", "/download/2026-01-01/demo",
-         "/download/weekly/2026-W01", "/operations", f"/operations/{NO_SUCH_ID}"]
+         "/metrics", "/openapi.json", "/restore-guide/demo", "/operations", f"/operations/{NO_SUCH_ID}"]
+# The data itself: the admin token only.
+DOWNLOADS = ["/download/2026-01-01/demo", "/download/weekly/2026-W01"]
 WRITES = [("POST", "/trigger"), ("POST", "/cleanup"), ("POST", "/archive"),
           ("POST", f"/runs/{NO_SUCH_ID}/retry"), ("POST", f"/runs/{NO_SUCH_ID}/verify"),
           ("POST", "/restore")]
@@ -46,6 +47,15 @@ def test_reads_need_a_token_and_accept_the_read_only_one(contract_stack, path):
     assert lower.status not in (401, 403), path
     for token in (READ_TOKEN, ADMIN_TOKEN):
         assert s.request("GET", path, token=token).status not in (401, 403, 500), (path, token)
+
+
+@pytest.mark.parametrize("path", DOWNLOADS)
+def test_downloads_need_the_admin_token(contract_stack, path):
+    s = contract_stack
+    for token, status in [(None, 401), ("wrong", 401), (READ_TOKEN, 403), (READ_TOKEN + "x", 401)]:
+        r = s.request("GET", path, token=token)
+        assert r.status == status and "message" in r.json(), (path, token, r.body[:200])
+    assert s.request("GET", path, token=ADMIN_TOKEN).status not in (401, 403, 500)
 
 
 @pytest.mark.parametrize("method,path", WRITES)

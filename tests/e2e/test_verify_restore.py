@@ -122,6 +122,17 @@ def test_a_changed_byte_fails_verification_naming_the_table_and_alerts(stack, tm
     assert len(alerts) == 1 and "Track" in alerts[0]["message"], alerts
     assert objects(stack, SCRATCH) == []
 
+    # A backup that failed its verification is not restored unless the request says so.
+    dry = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "chinook"}).json()
+    assert dry["backup"]["verification"]["state"] == "verify_failed", dry
+    assert dry["toProceed"]["allowUnverified"] is True and "FAILED" in dry["actions"][0], dry
+    operations = stack.d1_query(META, "SELECT count(*) AS n FROM operations")
+    refused = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "chinook", "dryRun": False,
+                                               "confirm": "chinook"})
+    assert refused.status == 409 and refused.json()["error"] == "backup_failed_verification", refused.body
+    assert "Track" in refused.json()["message"], refused.body
+    assert stack.d1_query(META, "SELECT count(*) AS n FROM operations") == operations
+
 
 def test_a_truncated_dump_fails_verification_naming_the_table_it_cuts(stack, tmp_path):
     run = back_up(stack, "chinook")
@@ -154,7 +165,7 @@ def test_a_dry_run_reports_and_changes_nothing(stack):
     report = r.json()
     assert report["dryRun"] is True and report["requiresConfirmation"] is True
     assert report["target"]["empty"] is False
-    assert report["toProceed"] == {"dryRun": False, "confirm": "chinook"}
+    assert report["toProceed"] == {"dryRun": False, "confirm": "chinook", "allowUnverified": False}
     assert any("back up chinook first" in a for a in report["actions"]), report
     assert report["backup"]["rows"] == run["rows"]
     # Not even asked to confirm: a real restore over data without "confirm" is refused.
@@ -208,6 +219,22 @@ def test_a_confirmed_restore_over_data_backs_the_target_up_first(stack):
     tables = stack.d1_query(META, f"SELECT table_name, rows FROM backup_tables WHERE key = '{pre_run['r2Key']}'")
     assert tables == [{"table_name": "notes", "rows": 1}]
     assert contents(stack, "fan02") == contents(stack, "hostile")
+
+
+def test_a_dump_damaged_on_disk_is_refused_before_the_target_changes(stack):
+    run = back_up(stack, "hostile")
+    assert wait_for_verification(stack, run)["verifyState"] == "verified"
+    # Bit rot after the verification: one byte of the stored object, in place.
+    stack.r2_flip_byte(run["r2Key"], run["bytes"] // 2)
+    stack.d1_execute("fan02", "DROP TABLE IF EXISTS notes; CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); "
+                              "INSERT INTO notes VALUES (7, 'precious');")
+    before = contents(stack, "fan02")
+    r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan02", "dryRun": False, "confirm": "fan02"})
+    assert r.status == 202, r.body
+    op = stack.wait_for_operation(r.json()["operationId"])
+    assert op["state"] == "failed", op
+    assert "SHA-256" in op["error"] and "nothing in the target was changed" in op["error"], op
+    assert contents(stack, "fan02") == before
 
 
 def test_one_table_restores_alone(stack):

@@ -12,6 +12,7 @@
 //! stands: the record commits with the statements or not at all, so a step that dies anywhere
 //! resumes exactly after the last batch that committed, never running a statement twice.
 
+pub mod check;
 pub mod extract;
 pub mod operation;
 pub mod reader;

@@ -2,6 +2,7 @@
 //! a dump kept only in a weekly archive, copying it out of the archive; then restoring it into
 //! the target (or, to verify, into the scratch database and checking the copy).
 
+use super::check::{check_step, CheckCursor, CheckProgress};
 use super::extract::{extract_step, ArchivedDump, ExtractCheckpoint, ExtractProgress};
 use super::verify::{verify_step, VerifyOutcome, VerifyPhase, VerifyProgress};
 use super::{restore_step, DumpObject, RestoreError, RestorePlan, RestoreProgress, RestoreReport, SqlTarget};
@@ -93,10 +94,19 @@ impl OperationPlan {
 
     /// The first phase.
     pub fn start(&self) -> OperationPhase {
-        match (&self.source, self.kind) {
-            (DumpSource::Archived(_), _) => OperationPhase::Extracting(None),
-            (DumpSource::Stored(_), OperationKind::Restore) => OperationPhase::Restoring,
-            (DumpSource::Stored(_), OperationKind::Verify) => OperationPhase::Verifying(None),
+        match &self.source {
+            DumpSource::Archived(_) => OperationPhase::Extracting(None),
+            DumpSource::Stored(_) => self.after_extraction(),
+        }
+    }
+
+    /// The phase once the dump is an object of its own: a restore checks it whole before it
+    /// touches the target; a verification restores into the scratch database and compares
+    /// (a damaged dump is its verdict).
+    fn after_extraction(&self) -> OperationPhase {
+        match self.kind {
+            OperationKind::Restore => OperationPhase::Checking(None),
+            OperationKind::Verify => OperationPhase::Verifying(None),
         }
     }
 }
@@ -106,6 +116,8 @@ impl OperationPlan {
 #[serde(rename_all = "camelCase")]
 pub enum OperationPhase {
     Extracting(Option<ExtractCheckpoint>),
+    /// Reading the whole dump before the target is touched (a restore).
+    Checking(Option<CheckCursor>),
     /// The target's progress table says how far.
     Restoring,
     Verifying(Option<VerifyPhase>),
@@ -162,14 +174,19 @@ pub async fn operation_step<T: SqlTarget, O: ObjectStore, C: Clock>(
                     Ok(OperationProgress::Paused { phase: OperationPhase::Extracting(Some(checkpoint)), superseded })
                 }
                 Ok(ExtractProgress::Done { superseded, .. }) => {
-                    let next = match plan.kind {
-                        OperationKind::Restore => OperationPhase::Restoring,
-                        OperationKind::Verify => OperationPhase::Verifying(None),
-                    };
-                    Ok(OperationProgress::Paused { phase: next, superseded })
+                    Ok(OperationProgress::Paused { phase: plan.after_extraction(), superseded })
                 }
                 Err(RestoreError::Dump { table, message }) => failed(table, message),
                 Err(e) => Err(task_error(e)),
+            }
+        }
+        OperationPhase::Checking(from) => {
+            match check_step(store, clock, &plan.dump(), budget.max_bytes, budget.max_millis, from).await? {
+                CheckProgress::Paused(cursor) => {
+                    Ok(OperationProgress::Paused { phase: OperationPhase::Checking(Some(cursor)), superseded: None })
+                }
+                CheckProgress::Passed { .. } => Ok(OperationProgress::Paused { phase: OperationPhase::Restoring, superseded: None }),
+                CheckProgress::Refused(reason) => failed(None, format!("{reason}; nothing in the target was changed")),
             }
         }
         OperationPhase::Restoring => match restore_step(target, store, clock, &plan.restore_plan(), budget, token).await {

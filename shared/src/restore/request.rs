@@ -15,6 +15,7 @@ struct Body {
     table: Option<String>,
     dry_run: Option<bool>,
     confirm: Option<String>,
+    allow_unverified: Option<bool>,
 }
 
 /// A restore request, well formed.
@@ -33,6 +34,8 @@ pub struct RestoreRequest {
     pub dry_run: bool,
     /// The target's name again: required to restore over a database that holds anything.
     pub confirm: Option<String>,
+    /// Restore a backup whose verification failed (refused otherwise).
+    pub allow_unverified: bool,
 }
 
 impl RestoreRequest {
@@ -43,7 +46,7 @@ impl RestoreRequest {
 }
 
 const USAGE: &str = "send {\"backup\": \"<key from GET /list>\", \"target\": \"<configured database>\"}, \
-                     optionally with \"week\", \"table\", \"dryRun\" (default true) and \"confirm\"";
+                     optionally with \"week\", \"table\", \"dryRun\" (default true), \"confirm\" and \"allowUnverified\"";
 
 /// Checks a request body against the configured databases.
 pub fn parse_restore_request(body: &[u8], configured: &[DatabaseConfig]) -> Result<RestoreRequest, ApiError> {
@@ -86,6 +89,7 @@ pub fn parse_restore_request(body: &[u8], configured: &[DatabaseConfig]) -> Resu
         table: body.table,
         dry_run: body.dry_run.unwrap_or(true),
         confirm: body.confirm,
+        allow_unverified: body.allow_unverified.unwrap_or(false),
     })
 }
 

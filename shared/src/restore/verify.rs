@@ -19,6 +19,17 @@ pub enum VerifyPhase {
     Exporting { restored: RestoreReport, cursor: Option<ExportCursor> },
 }
 
+/// Where a stored dump's verification stands (`runs.verify_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyState {
+    Pending,
+    Verifying,
+    Verified,
+    VerifyFailed,
+    Skipped,
+}
+
 /// The verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
