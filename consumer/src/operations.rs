@@ -22,6 +22,7 @@ use shared::ports::ObjectStore;
 use shared::restore::operation::{
     operation_step, DumpSource, OperationKind, OperationOutcome, OperationPhase, OperationPlan, OperationProgress,
 };
+use shared::restore::verify::VerifyOutcome;
 use shared::restore::DumpObject;
 use shared::state::JobStatus;
 use uuid::Uuid;
@@ -257,15 +258,22 @@ impl StepBody for OperationTask<'_> {
 
     async fn ended(&mut self, db: &D1Database) {
         if let Some(error) = self.died_of.take() {
-            raise_verify_alert(self.env, db, &self.op, None, &format!("could not verify: {error}")).await;
+            let headline = format!("backup {} of {} could not be verified: {error}", self.op.source_key, self.op.database);
+            raise_verify_alert(self.env, db, &self.op, None, &headline, &format!("could not verify: {error}")).await;
         } else if let Some(outcome) = self.outcome.take().filter(|o| !o.succeeded()) {
-            let table = match &outcome {
-                OperationOutcome::Verified(v) => v.failed_table.clone(),
-                OperationOutcome::Failed { table, .. } => table.clone(),
-                OperationOutcome::Restored(_) => None,
+            let (table, headline) = match &outcome {
+                OperationOutcome::Refused { message } => {
+                    (None, format!("backup {} of {} was not verified: {message}", self.op.source_key, self.op.database))
+                }
+                OperationOutcome::Verified(VerifyOutcome { failed_table: table, .. })
+                | OperationOutcome::Failed { table, .. } => {
+                    let note = table.as_ref().map(|t| format!(" (first differing table: {t})")).unwrap_or_default();
+                    (table.clone(), format!("backup {} of {} failed verification{note}", self.op.source_key, self.op.database))
+                }
+                OperationOutcome::Restored(_) => (None, format!("restore {} failed", self.op.id)),
             };
             let verdict = serde_json::to_string(&outcome).unwrap_or_default();
-            raise_verify_alert(self.env, db, &self.op, table.as_deref(), &verdict).await;
+            raise_verify_alert(self.env, db, &self.op, table.as_deref(), &headline, &verdict).await;
         }
     }
 
@@ -276,16 +284,22 @@ impl StepBody for OperationTask<'_> {
 }
 
 /// A failed verification raises `verify_failed` (once per operation) and is delivered at once.
-async fn raise_verify_alert(env: &Env, meta_db: &D1Database, op: &OperationView, table: Option<&str>, detail: &str) {
+async fn raise_verify_alert(
+    env: &Env,
+    meta_db: &D1Database,
+    op: &OperationView,
+    table: Option<&str>,
+    headline: &str,
+    detail: &str,
+) {
     if op.kind != OperationKind::Verify {
         return;
     }
-    let table_note = table.map(|t| format!(" (first differing table: {t})")).unwrap_or_default();
     let alert = Alert {
         kind: "verify_failed".into(),
         database: Some(op.database.clone()),
         job_id: None,
-        message: format!("backup {} of {} failed verification{table_note}", op.source_key, op.database),
+        message: headline.to_owned(),
         details: serde_json::json!({
             "backup": op.source_key,
             "operation": op.id,

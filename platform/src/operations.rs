@@ -213,6 +213,7 @@ pub fn outcome_statements(
     let (table, error) = match outcome {
         OperationOutcome::Verified(v) if !v.passed => (v.failed_table.clone(), Some(v.problems.join("; "))),
         OperationOutcome::Failed { table, message } => (table.clone(), Some(message.clone())),
+        OperationOutcome::Refused { message } => (None, Some(message.clone())),
         OperationOutcome::Restored(r) if !r.sha256_matches => (
             None,
             Some("restored, but the dump's SHA-256 differs from the one recorded when it was stored".to_string()),
@@ -235,6 +236,8 @@ pub fn outcome_statements(
                 let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
                 ("verified", format!("{} and {} restored and matched", plural(v.tables, "table", "tables"), plural(v.rows, "row", "rows")))
             }
+            // No verdict on the dump: it could not be checked here.
+            OperationOutcome::Refused { message } => ("skipped", format!("not verified: {message}")),
             _ => ("verify_failed", error.clone().unwrap_or_default()),
         };
         statements.push(verification_result(db, op, verdict, table.as_deref(), &detail, now)?);

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use shared::backup::{BackupSummary, BackupTarget};
 use shared::dump::StepBudget;
 use shared::restore::operation::{operation_step, DumpSource, OperationKind, OperationOutcome, OperationPhase, OperationPlan, OperationProgress};
-use shared::restore::verify::{verify_step, VerifyOutcome, VerifyProgress};
+use shared::restore::verify::{verify_step, VerifyOutcome, VerifyProgress, SCRATCH_MARKER};
 use shared::restore::{restore_step, DumpObject, RestoreError, RestorePlan, RestoreProgress, RestoreReport, PROGRESS_TABLE};
 use std::collections::BTreeMap;
 use support::{assert_same_data, chinook, hostile_values, run_to_completion, MemoryStore, RusqliteTarget};
@@ -66,6 +66,10 @@ fn restore(target: &mut RusqliteTarget, store: &mut MemoryStore, plan: &RestoreP
 }
 
 fn verify(scratch: &Connection, store: &mut MemoryStore, summary: &BackupSummary) -> VerifyOutcome {
+    verify_or_refuse(scratch, store, summary).unwrap_or_else(|reason| panic!("refused: {reason}"))
+}
+
+fn verify_or_refuse(scratch: &Connection, store: &mut MemoryStore, summary: &BackupSummary) -> Result<VerifyOutcome, String> {
     let mut target = RusqliteTarget::new(scratch);
     let mut phase = None;
     for _ in 0..10_000 {
@@ -77,10 +81,13 @@ fn verify(scratch: &Connection, store: &mut MemoryStore, summary: &BackupSummary
                 phase = Some(serde_json::from_str(&saved).unwrap());
             }
             VerifyProgress::Done(outcome) => {
-                let left: i64 = scratch.query_row("SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite%'", [], |r| r.get(0)).unwrap();
-                assert_eq!(left, 0, "the scratch database is emptied after verification");
-                return outcome;
+                let left: Vec<String> = scratch
+                    .prepare("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite%'").unwrap()
+                    .query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+                assert_eq!(left, [SCRATCH_MARKER], "the scratch database is emptied after verification, its marker kept");
+                return Ok(outcome);
             }
+            VerifyProgress::Refused(reason) => return Err(reason),
         }
     }
     panic!("the verification does not advance");
@@ -269,8 +276,27 @@ fn verification_passes_for_chinook_and_hostile_data_in_both_formats() {
 fn the_scratch_database_is_emptied_first() {
     let mut store = MemoryStore::default();
     let summary = back_up(&chinook(), &mut store, false);
-    let outcome = verify(&chinook(), &mut store, &summary);
+    // A scratch database with leftovers of an interrupted verification: emptied, then used.
+    let scratch = chinook();
+    scratch.execute_batch(&format!("CREATE TABLE {SCRATCH_MARKER} (marked_at TEXT)")).unwrap();
+    let outcome = verify(&scratch, &mut store, &summary);
     assert!(outcome.passed, "{:?}", outcome.problems);
+}
+
+/// `VERIFY_DB` bound by mistake to a database that holds data (the metadata database, a
+/// source): refused before anything in it is touched.
+#[test]
+fn a_database_that_is_not_a_scratch_database_is_never_emptied() {
+    let mut store = MemoryStore::default();
+    let summary = back_up(&chinook(), &mut store, false);
+    let source = chinook();
+    let before = everything(&source);
+    let reason = verify_or_refuse(&source, &mut store, &summary).unwrap_err();
+    assert!(reason.contains("VERIFY_DB is not a scratch database") && reason.contains("\"Album\""), "{reason}");
+    assert_eq!(everything(&source), before);
+    // An empty database is taken as scratch, and marked.
+    let empty = Connection::open_in_memory().unwrap();
+    assert!(verify(&empty, &mut store, &summary).passed);
 }
 
 /// The name of the table whose rows hold SQL byte `offset` of a plain dump.
@@ -515,6 +541,7 @@ fn a_verification_whose_scratch_copy_vanished_restores_again() {
                 assert!(outcome.passed, "{:?}", outcome.problems);
                 return;
             }
+            VerifyProgress::Refused(reason) => panic!("{reason}"),
         }
     }
 }

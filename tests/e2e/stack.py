@@ -51,7 +51,8 @@ class Stack:
     def __init__(self, state_dir: Path, port: int | None = None, consumer_vars: dict[str, str] | None = None,
                  extra_databases: int = 0, environment: str = "local",
                  databases: list[str] | None = None, archiver_vars: dict[str, str] | None = None,
-                 all_vars: dict[str, str] | None = None, verify: bool = True):
+                 all_vars: dict[str, str] | None = None, verify: bool = True,
+                 scratch_database: str | None = None):
         self.state_dir = state_dir
         # Vars overriding the consumer's (such as EXPORT_MAX_QUERIES), and extra empty source
         # databases (fan01, fan02, ...), through copies of the Worker configs written beside
@@ -70,6 +71,9 @@ class Stack:
         # verified (with that reason) instead of each being restored into the scratch database.
         # For stacks whose tests do not look at verification: it only takes their CPU.
         self.verify = verify
+        # Bind the consumer's VERIFY_DB to this configured database instead of the scratch one
+        # (the misconfiguration the scratch guard must catch).
+        self.scratch_database = scratch_database
         self.generated_configs: list[Path] = []
         # The consumer's config copy, when one is written: it binds the extra databases.
         self.consumer_config: str | None = None
@@ -120,8 +124,14 @@ class Stack:
             producer = override_vars(self.only_databases((ROOT / "wrangler.toml").read_text()), self.all_vars)
             producer = producer.replace("[vars.DATABASES]\n", "[vars.DATABASES]\n" + entries, 1)
             env["PRODUCER_CONFIG"] = self.write_copy("wrangler.toml", producer + fan_bindings)
-        if fan or self.consumer_vars or self.databases is not None or self.all_vars or not self.verify:
+        if fan or self.consumer_vars or self.databases is not None or self.all_vars or not self.verify \
+                or self.scratch_database:
             consumer = self.only_databases((ROOT / "consumer/wrangler.toml").read_text())
+            if self.scratch_database:
+                ids = d1_database_ids(ROOT / "consumer/wrangler.toml")
+                consumer, moved = re.subn(r'(binding = "VERIFY_DB"\ndatabase_name = ")[^"]*("\ndatabase_id = ")[^"]*"',
+                                          rf'\g<1>{self.scratch_database}\g<2>{ids[self.scratch_database]}"', consumer)
+                assert moved == 1, "consumer/wrangler.toml binds VERIFY_DB in one block"
             if not self.verify:
                 consumer, dropped = re.subn(r'\[\[d1_databases\]\]\nbinding = "VERIFY_DB"\n[^\[]*', "", consumer)
                 assert dropped == 1, "consumer/wrangler.toml binds VERIFY_DB in one block"

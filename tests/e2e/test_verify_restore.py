@@ -13,6 +13,8 @@ from stack import FAST_RETRIES, ROOT, Stack, exact_rows_sql
 
 META = "d1-backup-meta"
 SCRATCH = "d1-backup-verify"
+# An emptied scratch database keeps only the marker that makes it one.
+SCRATCH_MARKED = [("table", "_d1_backup_scratch")]
 # Small steps: restores and verifications of Chinook take several queue messages.
 BUDGET = {"EXPORT_MAX_QUERIES": "40", "EXPORT_MAX_MB": "1", "EXPORT_ROWS_PER_QUERY": "500", **FAST_RETRIES}
 USER_OBJECTS = ("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
@@ -99,7 +101,7 @@ def test_every_new_backup_is_verified_in_the_scratch_database(stack, database):
     digests = stack.d1_query(META, f"SELECT sha256 FROM backup_tables WHERE key = '{run['r2Key']}'")
     assert digests and all(len(d["sha256"]) == 64 for d in digests)
     # The scratch database keeps no copy of the data.
-    assert objects(stack, SCRATCH) == []
+    assert objects(stack, SCRATCH) == SCRATCH_MARKED
 
 
 def test_a_changed_byte_fails_verification_naming_the_table_and_alerts(stack, tmp_path):
@@ -120,7 +122,7 @@ def test_a_changed_byte_fails_verification_naming_the_table_and_alerts(stack, tm
     assert view["verifyState"] == "verify_failed" and view["verifyTable"] == "Track", view
     alerts = stack.d1_query(META, f"SELECT message, details FROM alerts WHERE kind = 'verify_failed' AND subject = '{op['id']}'")
     assert len(alerts) == 1 and "Track" in alerts[0]["message"], alerts
-    assert objects(stack, SCRATCH) == []
+    assert objects(stack, SCRATCH) == SCRATCH_MARKED
 
     # A backup that failed its verification is not restored unless the request says so.
     dry = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "chinook"}).json()
@@ -304,3 +306,21 @@ def test_status_list_and_metrics_show_verification(stack):
     samples = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line.startswith("d1_backup_verifications{"))
     assert float(samples['d1_backup_verifications{state="verified"}']) >= 3, samples
     assert float(samples['d1_backup_verifications{state="verify_failed"}']) >= 2, samples
+
+
+def test_a_verify_db_bound_to_a_source_is_refused_and_the_source_kept(tmp_path):
+    """VERIFY_DB bound by mistake to the demo database: verifications refuse to touch it."""
+    s = Stack(ROOT / "target" / "e2e" / f"wrongscratch-{uuid.uuid4().hex[:8]}", consumer_vars=BUDGET,
+              all_vars=FAST_RETRIES, databases=["chinook", "demo"], scratch_database="demo").start()
+    try:
+        before = contents(s, "demo")
+        assert before, "demo holds data"
+        run = back_up(s, "chinook")
+        view = wait_for_verification(s, run)
+        assert view["verifyState"] == "skipped", view
+        assert "VERIFY_DB is not a scratch database" in view["verifyDetail"], view
+        assert contents(s, "demo") == before
+        alerts = s.d1_query(META, f"SELECT message FROM alerts WHERE kind = 'verify_failed' AND database = 'chinook'")
+        assert len(alerts) == 1 and "was not verified" in alerts[0]["message"], alerts
+    finally:
+        s.stop()

@@ -307,7 +307,7 @@ async fn plan_schema<S: SqlSource, C: Clock>(meter: &mut Meter<'_, S, C>) -> Res
              LEFT JOIN pragma_table_xinfo(m.name) AS x \
                ON m.type = 'table' AND t.type IN ('table', 'virtual') \
              WHERE m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND m.name NOT LIKE '\\_cf\\_%' ESCAPE '\\' \
-               AND m.name NOT IN ('_d1_backup_staging', '_d1_backup_restore', '_d1_backup_fence') AND m.sql IS NOT NULL \
+               AND m.name NOT IN ('_d1_backup_staging', '_d1_backup_restore', '_d1_backup_fence', '_d1_backup_scratch') AND m.sql IS NOT NULL \
              ORDER BY m.rowid, x.cid",
         )
         .await?;

@@ -163,7 +163,7 @@ pub async fn emptying_statements<T: SqlTarget>(target: &mut T) -> Result<Vec<Str
             "SELECT m.type, m.name FROM sqlite_master AS m \
              LEFT JOIN pragma_table_list AS t ON t.schema = 'main' AND t.name = m.name \
              WHERE m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND m.name NOT LIKE '\\_cf\\_%' ESCAPE '\\' \
-               AND m.sql IS NOT NULL AND coalesce(t.type, '') <> 'shadow' \
+               AND m.sql IS NOT NULL AND coalesce(t.type, '') <> 'shadow' AND m.name <> '_d1_backup_scratch' \
              ORDER BY CASE m.type WHEN 'trigger' THEN 0 WHEN 'view' THEN 1 WHEN 'index' THEN 2 ELSE 3 END, m.rowid DESC",
         )
         .await?;

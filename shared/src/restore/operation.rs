@@ -131,6 +131,9 @@ pub enum OperationOutcome {
     Verified(VerifyOutcome),
     /// The dump could not be restored (it is damaged, or the request cannot be carried out).
     Failed { table: Option<String>, message: String },
+    /// Nothing was done, for a reason that is not the dump's (a scratch database that is not
+    /// one): a verification so refused gives no verdict on the dump.
+    Refused { message: String },
 }
 
 impl OperationOutcome {
@@ -138,7 +141,7 @@ impl OperationOutcome {
         match self {
             OperationOutcome::Restored(report) => report.sha256_matches,
             OperationOutcome::Verified(outcome) => outcome.passed,
-            OperationOutcome::Failed { .. } => false,
+            OperationOutcome::Failed { .. } | OperationOutcome::Refused { .. } => false,
         }
     }
 }
@@ -203,6 +206,7 @@ pub async fn operation_step<T: SqlTarget, O: ObjectStore, C: Clock>(
                     Ok(OperationProgress::Paused { phase: OperationPhase::Verifying(Some(next)), superseded: None })
                 }
                 VerifyProgress::Done(outcome) => Ok(OperationProgress::Done(OperationOutcome::Verified(outcome))),
+                VerifyProgress::Refused(message) => Ok(OperationProgress::Done(OperationOutcome::Refused { message })),
             }
         }
     }

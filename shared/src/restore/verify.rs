@@ -48,6 +48,43 @@ pub struct VerifyOutcome {
 pub enum VerifyProgress {
     Paused(VerifyPhase),
     Done(VerifyOutcome),
+    /// The scratch database is not one: nothing was touched, and why.
+    Refused(String),
+}
+
+/// The table that marks a D1 database as this project's scratch database. It is written when a
+/// verification first finds the database empty; a database holding tables without it is never
+/// emptied (it may be the metadata database, or a source, bound as `VERIFY_DB` by mistake).
+pub const SCRATCH_MARKER: &str = "_d1_backup_scratch";
+
+/// Whether `scratch` may be emptied for a verification: `None` when it carries the scratch
+/// marker, or is empty (then it is marked); else why not.
+pub async fn scratch_guard<T: SqlTarget>(scratch: &mut T) -> Result<Option<String>, PortError> {
+    let rows = scratch
+        .query(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+               AND name NOT LIKE '\\_cf\\_%' ESCAPE '\\' ORDER BY name",
+        )
+        .await?;
+    let tables: Vec<String> = rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+    if tables.iter().any(|t| t == SCRATCH_MARKER) {
+        return Ok(None);
+    }
+    let theirs: Vec<&str> = tables.iter().map(String::as_str).filter(|t| !t.starts_with("_d1_backup_")).collect();
+    if theirs.is_empty() {
+        scratch
+            .execute_batch(&[format!("CREATE TABLE IF NOT EXISTS \"{SCRATCH_MARKER}\" (marked_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"),
+                format!("INSERT INTO \"{SCRATCH_MARKER}\" DEFAULT VALUES")])
+            .await?;
+        return Ok(None);
+    }
+    let shown = theirs.iter().take(5).map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ");
+    let more = if theirs.len() > 5 { format!(" and {} more", theirs.len() - 5) } else { String::new() };
+    Ok(Some(format!(
+        "VERIFY_DB is not a scratch database: it holds tables ({shown}{more}) and no {SCRATCH_MARKER} marker, so it \
+         may be the metadata database or a source bound by mistake; nothing in it was touched. Bind an empty D1 \
+         database used for nothing else"
+    )))
 }
 
 /// Discards the SQL: only the totals of the export matter here.
@@ -74,6 +111,11 @@ pub async fn verify_step<T: SqlTarget, O: ObjectStore, C: Clock>(
     phase: Option<VerifyPhase>,
     token: u64,
 ) -> Result<VerifyProgress, RestoreError> {
+    if phase.is_none() {
+        if let Some(reason) = scratch_guard(scratch).await? {
+            return Ok(VerifyProgress::Refused(reason));
+        }
+    }
     let (restored, cursor) = match phase.unwrap_or(VerifyPhase::Restoring) {
         VerifyPhase::Restoring => match restore_step(scratch, store, clock, plan, budget, token).await {
             Ok(RestoreProgress::Paused(_)) => return Ok(VerifyProgress::Paused(VerifyPhase::Restoring)),
