@@ -245,6 +245,12 @@ impl StepBody for BackupTask<'_> {
 
     async fn run(&mut self, db: &D1Database, _task: &TaskRecord, lease: &Lease) -> std::result::Result<StepOutcome, TaskError> {
         let label = format!("{} step {}", label(&self.msg), lease.step);
+        // Never while a restore rewrites the database: the backup would mix its states.
+        let lock = tasks::database_lock(Some(&self.msg.database));
+        if !tasks::lock(db, &lock, &self.run.id, &self.settings.task_policy(TaskKind::Backup), now()).await.map_err(meta_error)? {
+            console_log!("{label}: {lock} is in use by another task (a restore); waiting");
+            return Ok(StepOutcome::Wait(tasks::LOCK_WAIT_SECONDS));
+        }
         let checkpoint: Option<BackupCheckpoint> = match (&self.run.checkpoint, lease.step) {
             (_, 0) => None,
             (Some(json), _) => {
@@ -302,7 +308,10 @@ impl StepBody for BackupTask<'_> {
             BackupProgress::Complete { summary, superseded } => {
                 let key = BackupKey::parse(&summary.key)
                     .ok_or_else(|| TaskError::permanent(format!("unexpected key {}", summary.key)))?;
-                let mut statements = vec![tasks::finish(db, lease, TaskState::Succeeded, None, now()).map_err(meta_error)?];
+                let mut statements = vec![
+                    tasks::finish(db, lease, TaskState::Succeeded, None, now()).map_err(meta_error)?,
+                    tasks::release_locks(db, &self.run.id).map_err(meta_error)?,
+                ];
                 let attempt = self.attempt(lease, "succeeded", None, None);
                 statements.extend(meta::backup_statements(db, &self.run, &key, &summary, &attempt, now()).map_err(meta_error)?);
                 tasks::commit(db, lease, statements).await.map_err(|e| e.context("recording the backup"))?;
@@ -339,6 +348,7 @@ impl StepBody for BackupTask<'_> {
             }
             Verdict::Dead => vec![
                 meta::attempt_statement(db, &self.attempt(lease, "dead", Some(&error.message), None), now)?,
+                tasks::release_locks(db, &self.run.id)?,
                 meta::run_dead_alert(db, &self.msg.job_id.to_string(), &self.msg.database, &error.message, lease.attempt, now)?,
             ],
             Verdict::Abandon => Vec::new(),

@@ -28,9 +28,6 @@ use shared::state::JobStatus;
 use uuid::Uuid;
 use worker::*;
 
-/// Seconds before a message that waits (for a lock or a backup) comes back.
-const WAIT_SECONDS: u32 = 5;
-
 /// Starts verifying a dump just stored, or records why it is not verified. Never fails the
 /// backup: errors are logged.
 pub(crate) async fn start_verification(
@@ -175,7 +172,7 @@ impl StepBody for OperationTask<'_> {
             let job_id = Uuid::parse_str(job_id).map_err(|e| TaskError::permanent(format!("pre-backup job id: {e}")))?;
             match meta::get_job(db, &job_id).await.map_err(meta_error)?.map(|j| j.status) {
                 Some(JobStatus::Completed) => {}
-                Some(JobStatus::Queued | JobStatus::Running) => return Ok(StepOutcome::Wait(WAIT_SECONDS)),
+                Some(JobStatus::Queued | JobStatus::Running) => return Ok(StepOutcome::Wait(tasks::LOCK_WAIT_SECONDS)),
                 _ => {
                     let outcome = OperationOutcome::Failed {
                         table: None,
@@ -185,14 +182,11 @@ impl StepBody for OperationTask<'_> {
                 }
             }
         }
-        let lock = match &self.op.target {
-            None => "scratch".to_string(),
-            Some(target) => format!("database:{target}"),
-        };
-        let lock_until = self.settings.task_policy(TaskKind::Operation).lease_until(now());
-        if !operations::acquire_lock(db, &lock, &self.op.id, lock_until, now()).await.map_err(meta_error)? {
-            console_log!("{}: {lock} is in use by another operation; waiting", self.label);
-            return Ok(StepOutcome::Wait(WAIT_SECONDS));
+        let lock = tasks::database_lock(self.op.target.as_deref());
+        let policy = self.settings.task_policy(TaskKind::Operation);
+        if !tasks::lock(db, &lock, &self.op.id, &policy, now()).await.map_err(meta_error)? {
+            console_log!("{}: {lock} is in use by another task; waiting", self.label);
+            return Ok(StepOutcome::Wait(tasks::LOCK_WAIT_SECONDS));
         }
 
         let plan = self.op.plan().map_err(TaskError::permanent)?;

@@ -417,6 +417,7 @@ pub fn run_dead_alert(db: &D1Database, job_id: &str, database: &str, error: &str
 pub async fn bury_run(db: &D1Database, run: &RunView, job_id: &str, error: &str, now: DateTime<Utc>) -> Result<()> {
     db.batch(vec![
         statement(db, &dead_sql(TaskKind::Backup), &[text(&run.id), text(error), text(&timestamp(now))])?,
+        crate::tasks::release_locks(db, &run.id)?,
         run_dead_alert(db, job_id, &run.database, error, run.attempts, now)?,
     ])
     .await?;

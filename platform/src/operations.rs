@@ -1,7 +1,7 @@
 //! Verifications and restores in the metadata database (`operations`), the verification state
 //! of runs, and the locks that give one operation a database to itself across its steps.
 
-use crate::meta::{changed_one, number, opt_text, statement, text, timestamp};
+use crate::meta::{number, opt_text, statement, text, timestamp};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::dump::sql::ident;
@@ -172,7 +172,7 @@ pub fn checkpoint_statement(db: &D1Database, op: &OperationView) -> Result<D1Pre
 pub fn death_statements(db: &D1Database, op: &OperationView, error: &str, now: DateTime<Utc>) -> Result<Vec<D1PreparedStatement>> {
     Ok(vec![
         verification_result(db, op, "verify_failed", None, &format!("could not verify: {error}"), now)?,
-        statement(db, "DELETE FROM locks WHERE owner = ?1", &[text(&op.id)])?,
+        crate::tasks::release_locks(db, &op.id)?,
     ])
 }
 
@@ -228,7 +228,7 @@ pub fn outcome_statements(
             "UPDATE operations SET outcome = ?2, failed_table = ?3 WHERE id = ?1",
             &[text(&op.id), text(&outcome_json), opt_text(table.as_deref())],
         )?,
-        statement(db, "DELETE FROM locks WHERE owner = ?1", &[text(&op.id)])?,
+        crate::tasks::release_locks(db, &op.id)?,
     ];
     if op.kind == OperationKind::Verify {
         let (verdict, detail) = match outcome {
@@ -243,21 +243,6 @@ pub fn outcome_statements(
         statements.push(verification_result(db, op, verdict, table.as_deref(), &detail, now)?);
     }
     Ok((state, error, statements))
-}
-
-/// Takes the lock `name` for `owner` until `until`, or extends it; false when another owner
-/// holds it and its lease has not run out.
-pub async fn acquire_lock(db: &D1Database, name: &str, owner: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> Result<bool> {
-    let result = statement(
-        db,
-        "INSERT INTO locks (name, owner, until) VALUES (?1, ?2, ?3) \
-         ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until \
-         WHERE locks.owner = excluded.owner OR locks.until < ?4",
-        &[text(name), text(owner), text(&timestamp(until)), text(&timestamp(now))],
-    )?
-    .run()
-    .await?;
-    changed_one(&result)
 }
 
 /// The tables of a stored backup as its export recorded them, in dump order.

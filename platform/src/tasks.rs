@@ -144,6 +144,42 @@ pub fn finish(db: &D1Database, lease: &Lease, state: TaskState, error: Option<&s
     statement(db, &finish_sql(lease.kind), &[text(&lease.id), text(state.as_str()), text(&timestamp(now)), opt_text(error)])
 }
 
+/// What a task's lock on a database is called: the database restored into or backed up (one
+/// lock for both, so a backup never reads a database a restore is rewriting, nor the other way
+/// round), or the scratch database of verifications.
+pub fn database_lock(database: Option<&str>) -> String {
+    match database {
+        Some(name) => format!("database:{name}"),
+        None => "scratch".into(),
+    }
+}
+
+/// Seconds before a task that found its database locked asks again (a new message: waiting is
+/// not a failure).
+pub const LOCK_WAIT_SECONDS: u32 = 5;
+
+/// Takes the lock `name` for task `owner`, or renews it: every step of the task does, so the lock
+/// is a lease that lasts a step and the longest backoff before the next attempt, and a task
+/// keeps its database across retries. False when another task holds it.
+pub async fn lock(db: &D1Database, name: &str, owner: &str, policy: &TaskPolicy, now: DateTime<Utc>) -> Result<bool> {
+    let until = policy.lease_until(now) + chrono::Duration::seconds(i64::from(policy.retry.max_seconds));
+    let result = statement(
+        db,
+        "INSERT INTO locks (name, owner, until) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until \
+         WHERE locks.owner = excluded.owner OR locks.until < ?4",
+        &[text(name), text(owner), text(&timestamp(until)), text(&timestamp(now))],
+    )?
+    .run()
+    .await?;
+    crate::meta::changed_one(&result)
+}
+
+/// Releases every lock task `owner` holds (with its last write: its end or its death).
+pub fn release_locks(db: &D1Database, owner: &str) -> Result<D1PreparedStatement> {
+    statement(db, "DELETE FROM locks WHERE owner = ?1", &[text(owner)])
+}
+
 /// What a step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepOutcome {

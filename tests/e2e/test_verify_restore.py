@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from stack import FAST_RETRIES, ROOT, Stack, exact_rows_sql
+from stack import FAST_RETRIES, ROOT, Stack, exact_rows_sql, wait_until
 
 META = "d1-backup-meta"
 SCRATCH = "d1-backup-verify"
@@ -237,6 +237,31 @@ def test_a_dump_damaged_on_disk_is_refused_before_the_target_changes(stack):
     assert op["state"] == "failed", op
     assert "SHA-256" in op["error"] and "nothing in the target was changed" in op["error"], op
     assert contents(stack, "fan02") == before
+
+
+def test_a_backup_of_a_database_being_restored_waits_for_the_restore(stack):
+    run = back_up(stack, "chinook")
+    stack.d1_execute("fan01", "DROP TABLE IF EXISTS notes; CREATE TABLE notes (id INTEGER PRIMARY KEY); INSERT INTO notes VALUES (1);")
+    r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan01", "dryRun": False, "confirm": "fan01"})
+    assert r.status == 202, r.body
+    op_id = r.json()["operationId"]
+    # The restore holds fan01 from its first step: a backup asked for now waits, not fails.
+    wait_until(lambda: stack.d1_query(META, "SELECT count(*) AS n FROM locks WHERE name = 'database:fan01' "
+                                            f"AND owner = '{op_id}'")[0]["n"] == 1, what="the restore's lock")
+    during = stack.admin("POST", "/trigger", {"databases": ["fan01"]})
+    assert during.status == 202, during.body
+    op = stack.wait_for_operation(op_id)
+    assert op["state"] == "succeeded", op
+    job = stack.wait_for_job(during.json()["jobId"], timeout=180)
+    assert job["status"] == "completed", job
+    (backup,) = job["runs"]
+    # It started once the restore had ended, and holds what the restore wrote, all of it.
+    assert backup["startedAt"] >= op["finishedAt"], (backup, op)
+    assert all(a["outcome"] != "retrying" for a in backup["history"]), backup["history"]
+    def recorded(key):
+        return stack.d1_query(META, f"SELECT table_name, rows FROM backup_tables WHERE key = '{key}' ORDER BY table_name")
+    assert recorded(backup["r2Key"]) == recorded(run["r2Key"])
+    assert stack.d1_query(META, "SELECT count(*) AS n FROM locks WHERE name = 'database:fan01'") == [{"n": 0}]
 
 
 def test_one_table_restores_alone(stack):
