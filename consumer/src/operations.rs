@@ -67,6 +67,8 @@ async fn try_start_verification(
         }),
         table: None,
         expected: summary.tables.clone(),
+        expected_schema: summary.schema.clone(),
+        expected_sequences: summary.sequences.clone(),
         rows_per_query: settings.export.rows_per_query,
     };
     let op = operations::NewOperation {

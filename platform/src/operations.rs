@@ -8,6 +8,7 @@ use shared::dump::sql::ident;
 use shared::dump::TableCount;
 use shared::restore::extract::ArchivedDump;
 use shared::restore::operation::{DumpSource, OperationKind, OperationOutcome, OperationPlan};
+use shared::dump::{SchemaObject, Sequence};
 use shared::restore::verify::VerifyState;
 use shared::restore::DumpObject;
 use uuid::Uuid;
@@ -281,6 +282,9 @@ pub struct ResolvedBackup {
     /// The dump's verification (`None` for dumps older than verification).
     pub verify_state: Option<VerifyState>,
     pub verify_detail: Option<String>,
+    /// The schema and AUTOINCREMENT counters its export recorded (empty when not recorded).
+    pub schema: Vec<SchemaObject>,
+    pub sequences: Vec<Sequence>,
 }
 
 /// Finds the backup stored at `key`: its own object while it exists (unless `week` asks for
@@ -305,6 +309,8 @@ pub async fn resolve_backup(
         deleted_at: Option<String>,
         verify_state: Option<VerifyState>,
         verify_detail: Option<String>,
+        schema: Option<String>,
+        sequences: Option<String>,
     }
     #[derive(Deserialize)]
     struct Member {
@@ -315,7 +321,8 @@ pub async fn resolve_backup(
     let row: Option<Row> = statement(
         db,
         "SELECT b.key, b.database, b.kind, b.date, b.run_id, b.bytes, b.rows, b.tables, b.sha256, b.deleted_at, \
-           r.verify_state, r.verify_detail FROM backups AS b LEFT JOIN runs AS r ON r.id = b.run_id WHERE b.key = ?1",
+           r.verify_state, r.verify_detail, b.schema, b.sequences \
+         FROM backups AS b LEFT JOIN runs AS r ON r.id = b.run_id WHERE b.key = ?1",
         &[text(key)],
     )?
     .first(None)
@@ -336,6 +343,13 @@ pub async fn resolve_backup(
         archive_key: None,
         verify_state: row.verify_state,
         verify_detail: row.verify_detail,
+        // Both or neither: a backup recorded before its counters were has its schema compared
+        // without them, which would report every counter as lost.
+        schema: match (row.schema.as_deref(), row.sequences.as_deref()) {
+            (Some(schema), Some(_)) => serde_json::from_str(schema).unwrap_or_default(),
+            _ => Vec::new(),
+        },
+        sequences: row.sequences.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default(),
     };
     if row.deleted_at.is_none() && week.is_none() {
         return Ok(Ok(resolved));

@@ -29,6 +29,8 @@ fn plan(settings: &Settings, id: &str, kind: OperationKind, backup: &ResolvedBac
         source: backup.source.clone(),
         table,
         expected: Vec::new(),
+        expected_schema: backup.schema.clone(),
+        expected_sequences: backup.sequences.clone(),
         rows_per_query: settings.export.rows_per_query,
     })
 }

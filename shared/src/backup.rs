@@ -7,7 +7,7 @@
 //! The steps of an export are byte for byte the dump a single step would write; with gzip,
 //! each step writes one gzip member, and gzip readers join members into the same SQL.
 
-use crate::dump::{SchemaObject, export_step, DumpError, DumpOptions, ExportCursor, ExportProgress, ExportTotals, StepBudget, TableCount};
+use crate::dump::{SchemaObject, Sequence, export_step, DumpError, DumpOptions, ExportCursor, ExportProgress, ExportTotals, StepBudget, TableCount};
 use crate::ports::{Clock, ObjectStore, PortError, SqlSource};
 use crate::upload::{self, StreamingUpload, UploadProgress, UploadSpec};
 use chrono::{DateTime, Utc};
@@ -110,6 +110,8 @@ pub struct BackupSummary {
     pub bookmark: Option<String>,
     /// The schema objects exported.
     pub schema: Vec<SchemaObject>,
+    /// The AUTOINCREMENT counters exported.
+    pub sequences: Vec<Sequence>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,6 +191,7 @@ pub async fn backup_step<S: SqlSource, O: ObjectStore, C: Clock>(
                     steps: step,
                     bookmark: totals.bookmark,
                     schema: totals.schema,
+                    sequences: totals.sequences,
                 },
                 superseded,
             });
@@ -225,6 +228,7 @@ async fn complete_multipart<O: ObjectStore>(
             steps: step,
             bookmark: totals.bookmark.clone(),
             schema: totals.schema.clone(),
+            sequences: totals.sequences.clone(),
         },
         superseded,
     })

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use shared::backup::{BackupSummary, BackupTarget};
 use shared::dump::StepBudget;
 use shared::restore::operation::{operation_step, DumpSource, OperationKind, OperationOutcome, OperationPhase, OperationPlan, OperationProgress};
-use shared::restore::verify::{verify_step, VerifyOutcome, VerifyProgress, SCRATCH_MARKER};
+use shared::restore::verify::{verify_step, Expected, VerifyOutcome, VerifyProgress, SCRATCH_MARKER};
 use shared::restore::{restore_step, DumpObject, RestoreError, RestorePlan, RestoreProgress, RestoreReport, PROGRESS_TABLE};
 use std::collections::BTreeMap;
 use support::{assert_same_data, chinook, hostile_values, run_to_completion, MemoryStore, RusqliteTarget};
@@ -65,6 +65,11 @@ fn restore(target: &mut RusqliteTarget, store: &mut MemoryStore, plan: &RestoreP
     }
 }
 
+/// Everything the export recorded, as a verification compares it.
+fn expected(summary: &BackupSummary) -> Expected<'_> {
+    Expected { tables: &summary.tables, schema: &summary.schema, sequences: &summary.sequences }
+}
+
 fn verify(scratch: &Connection, store: &mut MemoryStore, summary: &BackupSummary) -> VerifyOutcome {
     verify_or_refuse(scratch, store, summary).unwrap_or_else(|reason| panic!("refused: {reason}"))
 }
@@ -74,7 +79,7 @@ fn verify_or_refuse(scratch: &Connection, store: &mut MemoryStore, summary: &Bac
     let mut phase = None;
     for _ in 0..10_000 {
         let (tick, plan) = (clock(), RestorePlan { keep_progress: true, ..plan(summary, None) });
-        let step = verify_step(&mut target, store, &tick, &plan, &summary.tables, 100, SMALL, phase.take(), 1);
+        let step = verify_step(&mut target, store, &tick, &plan, expected(summary), 100, SMALL, phase.take(), 1);
         match block_on(step).unwrap() {
             VerifyProgress::Paused(next) => {
                 let saved = serde_json::to_string(&next).unwrap();
@@ -515,7 +520,7 @@ fn a_verification_whose_scratch_copy_vanished_restores_again() {
     let mut emptied = false;
     loop {
         let tick = clock();
-        let step = verify_step(&mut target, &mut store, &tick, &plan, &summary.tables, 100, SMALL, phase.take(), 1);
+        let step = verify_step(&mut target, &mut store, &tick, &plan, expected(&summary), 100, SMALL, phase.take(), 1);
         match block_on(step).unwrap() {
             VerifyProgress::Paused(next) => {
                 if matches!(next, shared::restore::verify::VerifyPhase::Exporting { .. }) && !emptied {
@@ -559,6 +564,8 @@ fn run_restore_operation(target: &Connection, store: &mut MemoryStore, summary: 
         }),
         table: None,
         expected: summary.tables.clone(),
+        expected_schema: summary.schema.clone(),
+        expected_sequences: summary.sequences.clone(),
         rows_per_query: 100,
     };
     let mut target = RusqliteTarget::new(target);
@@ -634,4 +641,39 @@ fn a_damaged_or_cut_dump_is_refused_before_the_target_is_touched() {
         }
         assert_same_data(&source, &target);
     }
+}
+
+/// Verification compares the schema too: every index, view and trigger as `sqlite_master`
+/// holds it, and the AUTOINCREMENT counters, not only each table's rows.
+#[test]
+fn a_restored_copy_whose_schema_or_counters_differ_fails_verification() {
+    let source = hostile_database();
+    let mut store = MemoryStore::default();
+    let summary = back_up(&source, &mut store, false);
+    assert!(summary.schema.iter().any(|o| o.kind == "trigger" && o.name == "doc_guard"), "{:?}", summary.schema);
+    assert!(!summary.sequences.is_empty(), "hostile has an AUTOINCREMENT counter");
+    assert!(verify(&Connection::open_in_memory().unwrap(), &mut store, &summary).passed);
+
+    // The export recorded an index the dump does not create (a dump that lost it).
+    let mut lost_index = summary.clone();
+    lost_index.schema.push(shared::dump::SchemaObject {
+        kind: "index".into(),
+        name: "doc_extra".into(),
+        sql: "CREATE INDEX doc_extra ON doc (id, body)".into(),
+    });
+    let outcome = verify(&Connection::open_in_memory().unwrap(), &mut store, &lost_index);
+    assert!(!outcome.passed && outcome.problems.iter().any(|p| p.contains("index \"doc_extra\" is missing")), "{:?}", outcome.problems);
+
+    // A trigger restored with other SQL than exported.
+    let mut changed_trigger = summary.clone();
+    let trigger = changed_trigger.schema.iter_mut().find(|o| o.name == "doc_guard").unwrap();
+    trigger.sql = trigger.sql.replace("no; updates", "no updates");
+    let outcome = verify(&Connection::open_in_memory().unwrap(), &mut store, &changed_trigger);
+    assert!(!outcome.passed && outcome.problems.iter().any(|p| p.contains("trigger \"doc_guard\" is restored as")), "{:?}", outcome.problems);
+
+    // A counter the source had higher than the restored copy's.
+    let mut counter = summary.clone();
+    counter.sequences[0].seq = "999999".into();
+    let outcome = verify(&Connection::open_in_memory().unwrap(), &mut store, &counter);
+    assert!(!outcome.passed && outcome.problems.iter().any(|p| p.contains("AUTOINCREMENT counters")), "{:?}", outcome.problems);
 }

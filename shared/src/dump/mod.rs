@@ -103,6 +103,16 @@ pub struct ExportTotals {
     /// Every schema object exported, for detecting schema changes between backups.
     #[serde(default)]
     pub schema: Vec<SchemaObject>,
+    /// The AUTOINCREMENT counters (`sqlite_sequence`) exported, for verification.
+    #[serde(default)]
+    pub sequences: Vec<Sequence>,
+}
+
+/// One AUTOINCREMENT counter: a table's row of `sqlite_sequence`, its value as a SQL literal.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Sequence {
+    pub name: String,
+    pub seq: String,
 }
 
 /// A table, index, view or trigger as `sqlite_master` holds it.
@@ -782,6 +792,7 @@ async fn finish<S: SqlSource, C: Clock, W: ByteSink>(
 ) -> Result<ExportProgress, DumpError> {
     let plan = &cursor.plan;
     let mut tail = String::new();
+    let mut exported_sequences = Vec::new();
     // AUTOINCREMENT counters: inserting rows with explicit ids only raises a counter to the
     // largest id restored, but the source's counter can be higher (rows deleted since), and a
     // restored database must not hand out those ids again.
@@ -791,6 +802,7 @@ async fn finish<S: SqlSource, C: Clock, W: ByteSink>(
             tail.push_str("\n-- AUTOINCREMENT counters\n");
             for row in &sequences {
                 let (name, seq) = (text(row, 0), text(row, 1));
+                exported_sequences.push(Sequence { name: name.to_string(), seq: seq.to_string() });
                 tail.push_str(&format!(
                     "INSERT INTO sqlite_sequence (name, seq) SELECT {name}, 0 \
                      WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = {name});\n\
@@ -843,5 +855,6 @@ async fn finish<S: SqlSource, C: Clock, W: ByteSink>(
         rows: total_rows,
         bookmark: plan.bookmark.clone(),
         schema: plan.schema.clone(),
+        sequences: exported_sequences,
     }))
 }

@@ -4,9 +4,9 @@
 
 use super::check::{check_step, CheckCursor, CheckProgress};
 use super::extract::{extract_step, ArchivedDump, ExtractCheckpoint, ExtractProgress};
-use super::verify::{verify_step, VerifyOutcome, VerifyPhase, VerifyProgress};
+use super::verify::{verify_step, Expected, VerifyOutcome, VerifyPhase, VerifyProgress};
 use super::{restore_step, DumpObject, RestoreError, RestorePlan, RestoreProgress, RestoreReport, SqlTarget};
-use crate::dump::{StepBudget, TableCount};
+use crate::dump::{SchemaObject, Sequence, StepBudget, TableCount};
 use crate::ports::{Clock, ObjectStore};
 use crate::task::TaskError;
 use crate::upload::{UploadSpec, PART_SIZE};
@@ -45,6 +45,13 @@ pub struct OperationPlan {
     /// What the export recorded per table (verification compares with it).
     #[serde(default)]
     pub expected: Vec<TableCount>,
+    /// The schema objects the export recorded, as `sqlite_master` holds them (empty for
+    /// backups older than their recording: their schema is then not compared).
+    #[serde(default)]
+    pub expected_schema: Vec<SchemaObject>,
+    /// The AUTOINCREMENT counters the export recorded.
+    #[serde(default)]
+    pub expected_sequences: Vec<Sequence>,
     pub rows_per_query: u32,
 }
 
@@ -200,7 +207,8 @@ pub async fn operation_step<T: SqlTarget, O: ObjectStore, C: Clock>(
         },
         OperationPhase::Verifying(from) => {
             let restore = plan.restore_plan();
-            let step = verify_step(target, store, clock, &restore, &plan.expected, plan.rows_per_query, budget, from, token);
+            let expected = Expected { tables: &plan.expected, schema: &plan.expected_schema, sequences: &plan.expected_sequences };
+            let step = verify_step(target, store, clock, &restore, expected, plan.rows_per_query, budget, from, token);
             match step.await.map_err(task_error)? {
                 VerifyProgress::Paused(next) => {
                     Ok(OperationProgress::Paused { phase: OperationPhase::Verifying(Some(next)), superseded: None })

@@ -4,7 +4,7 @@
 //! scratch database is emptied before and after, so it never keeps a copy of the data.
 
 use super::{emptying_statements, recorded_cursor, restore_step, RestoreError, RestorePlan, RestoreProgress, RestoreReport, SqlTarget};
-use crate::dump::{export_step, DumpOptions, ExportCursor, ExportProgress, ExportTotals, StepBudget, TableCount};
+use crate::dump::{export_step, DumpOptions, ExportCursor, ExportProgress, ExportTotals, SchemaObject, Sequence, StepBudget, TableCount};
 use crate::ports::{ByteSink, Clock, ObjectStore, PortError};
 use chrono::{TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -98,6 +98,18 @@ impl ByteSink for Discard {
 
 const MAX_PROBLEMS: usize = 40;
 
+/// What the export of the source recorded, to compare the restored copy with.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    /// Each table's rows and digest, in dump order.
+    pub tables: &'a [TableCount],
+    /// Every table, index, view and trigger as `sqlite_master` held it (empty: not recorded,
+    /// not compared).
+    pub schema: &'a [SchemaObject],
+    /// The AUTOINCREMENT counters.
+    pub sequences: &'a [Sequence],
+}
+
 /// Runs one step of the verification of `plan.dump`, whose source export recorded `expected`
 /// (in dump order). `phase` is `None` for the first step.
 pub async fn verify_step<T: SqlTarget, O: ObjectStore, C: Clock>(
@@ -105,7 +117,7 @@ pub async fn verify_step<T: SqlTarget, O: ObjectStore, C: Clock>(
     store: &mut O,
     clock: &C,
     plan: &RestorePlan,
-    expected: &[TableCount],
+    expected: Expected<'_>,
     rows_per_query: u32,
     budget: StepBudget,
     phase: Option<VerifyPhase>,
@@ -153,7 +165,7 @@ pub async fn verify_step<T: SqlTarget, O: ObjectStore, C: Clock>(
         Ok(ExportProgress::Finished(totals)) => totals,
         Err(e) => return Err(PortError::unavailable(format!("exporting the restored copy: {e}")).into()),
     };
-    let mut outcome = compare(expected, &totals, &restored);
+    let mut outcome = compare(&expected, &totals, &restored);
     integrity(scratch, &mut outcome).await?;
     empty(scratch).await?;
     outcome.passed = outcome.problems.is_empty();
@@ -168,7 +180,57 @@ async fn empty<T: SqlTarget>(scratch: &mut T) -> Result<(), PortError> {
 }
 
 /// Compares the restored copy's tables with the source's, in dump order.
-pub fn compare(expected: &[TableCount], restored: &ExportTotals, report: &RestoreReport) -> VerifyOutcome {
+pub fn compare(expected: &Expected<'_>, restored: &ExportTotals, report: &RestoreReport) -> VerifyOutcome {
+    let mut outcome = compare_tables(expected.tables, restored, report);
+    if !expected.schema.is_empty() {
+        compare_schema(expected, restored, &mut outcome);
+    }
+    outcome
+}
+
+/// The schema as restored against the schema exported: the SQL of every table, index, view and
+/// trigger, and every AUTOINCREMENT counter.
+fn compare_schema(expected: &Expected<'_>, restored: &ExportTotals, outcome: &mut VerifyOutcome) {
+    let key = |o: &SchemaObject| (o.kind.clone(), o.name.clone());
+    let mut problems = Vec::new();
+    for want in expected.schema {
+        match restored.schema.iter().find(|o| key(o) == key(want)) {
+            None => problems.push(format!("{} {:?} is missing from the restored copy", want.kind, want.name)),
+            Some(got) if got.sql != want.sql => {
+                problems.push(format!("{} {:?} is restored as {:?}, exported as {:?}", want.kind, want.name, got.sql, want.sql))
+            }
+            Some(_) => {}
+        }
+    }
+    for got in &restored.schema {
+        if !expected.schema.iter().any(|o| key(o) == key(got)) {
+            problems.push(format!("{} {:?} was restored but not exported", got.kind, got.name));
+        }
+    }
+    let (mut want, mut got) = (expected.sequences.to_vec(), restored.sequences.clone());
+    want.sort();
+    got.sort();
+    if want != got {
+        problems.push(format!(
+            "the AUTOINCREMENT counters are restored as {}, exported as {}",
+            sequences_text(&got),
+            sequences_text(&want)
+        ));
+    }
+    for problem in problems {
+        if outcome.problems.len() < MAX_PROBLEMS {
+            outcome.problems.push(problem);
+        }
+    }
+}
+
+fn sequences_text(sequences: &[Sequence]) -> String {
+    let shown: Vec<String> = sequences.iter().map(|s| format!("{} = {}", s.name, s.seq)).collect();
+    format!("[{}]", shown.join(", "))
+}
+
+/// Each table's rows and digest, as restored against as exported.
+fn compare_tables(expected: &[TableCount], restored: &ExportTotals, report: &RestoreReport) -> VerifyOutcome {
     let mut problems = Vec::new();
     let mut failed_table = None;
     let mut fail = |table: &str, problem: String, problems: &mut Vec<String>| {
