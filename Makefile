@@ -23,7 +23,7 @@ WORKER_SOURCES := $(shell find shared/src platform/src producer/src consumer/src
                   Cargo.toml Cargo.lock shared/Cargo.toml platform/Cargo.toml
 SHIMS := $(foreach w,$(WORKERS),$(w)/build/worker/shim.mjs)
 
-.PHONY: dev test setup build tools unit e2e bench clean
+.PHONY: dev test setup build tools unit e2e bench clean check-config
 
 dev: build
 	scripts/local-stack.sh prepare "$(STATE_DIR)"
@@ -56,7 +56,11 @@ bench: build .venv/.installed
 
 setup: tools node_modules/.installed .venv/.installed
 
-build: setup $(SHIMS)
+build: setup check-config $(SHIMS)
+
+# The configs' data-destroying mistakes (VERIFY_DB bound to META or a source), before anything runs.
+check-config:
+	python3 scripts/check-config.py consumer/wrangler.toml
 
 $(foreach w,$(WORKERS),$(w)/build/worker/shim.mjs): %/build/worker/shim.mjs: $(WORKER_SOURCES) %/Cargo.toml | tools node_modules/.installed
 	cd $* && WASM_BINDGEN_BIN=$(CARGO_BIN)/wasm-bindgen worker-build --release

@@ -4,6 +4,7 @@ an alert; `POST /restore` restores dailies and weekly-archive members into confi
 dry run by default, backing up a non-empty target first."""
 
 import datetime as dt
+import subprocess
 import time
 import uuid
 
@@ -338,6 +339,11 @@ def test_a_verify_db_bound_to_a_source_is_refused_and_the_source_kept(tmp_path):
     s = Stack(ROOT / "target" / "e2e" / f"wrongscratch-{uuid.uuid4().hex[:8]}", consumer_vars=BUDGET,
               all_vars=FAST_RETRIES, databases=["chinook", "demo"], scratch_database="demo").start()
     try:
+        # The config check refuses this config before a deployment...
+        check = subprocess.run(["python3", "scripts/check-config.py", s.consumer_config], cwd=ROOT,
+                               capture_output=True, text=True)
+        assert check.returncode == 1 and "VERIFY_DB has the same database_id" in check.stderr, check
+        # ...and, deployed anyway, the consumer refuses it at run time.
         before = contents(s, "demo")
         assert before, "demo holds data"
         run = back_up(s, "chinook")
