@@ -73,27 +73,16 @@ pub fn plan_retention(objects: &[StoredObject], today: NaiveDate, policy: Retent
             let age = (today - object.date).num_days();
             let keep = |reason: String| Decision { key: object.key.clone(), delete: false, reason };
             let delete = |reason: String| Decision { key: object.key.clone(), delete: true, reason };
-            let is_newest = object
-                .database
-                .as_deref()
-                .and_then(|db| newest.get(db))
-                .is_some_and(|n| n.key == object.key);
-            if is_newest {
-                return keep(format!(
-                    "newest backup of {}",
-                    object.database.as_deref().unwrap_or_default()
-                ));
+            // Whether this object is the one `newest` holds for its database.
+            let is_in = |newest: &BTreeMap<&str, &StoredObject>| {
+                object.database.as_deref().and_then(|db| newest.get(db)).is_some_and(|n| n.key == object.key)
+            };
+            let database = object.database.as_deref().unwrap_or_default();
+            if is_in(&newest) {
+                return keep(format!("newest backup of {database}"));
             }
-            let is_newest_verified = object
-                .database
-                .as_deref()
-                .and_then(|db| newest_verified.get(db))
-                .is_some_and(|n| n.key == object.key);
-            if is_newest_verified {
-                return keep(format!(
-                    "newest backup of {} whose verification passed",
-                    object.database.as_deref().unwrap_or_default()
-                ));
+            if is_in(&newest_verified) {
+                return keep(format!("newest backup of {database} whose verification passed"));
             }
             if matches!(object.verify, Some(VerifyState::Pending | VerifyState::Verifying)) {
                 return keep("its verification is under way".into());
