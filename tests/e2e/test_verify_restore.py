@@ -241,27 +241,33 @@ def test_a_dump_damaged_on_disk_is_refused_before_the_target_changes(stack):
 
 
 def test_a_backup_of_a_database_being_restored_waits_for_the_restore(stack):
-    run = back_up(stack, "chinook")
-    stack.d1_execute("fan01", "DROP TABLE IF EXISTS notes; CREATE TABLE notes (id INTEGER PRIMARY KEY); INSERT INTO notes VALUES (1);")
-    r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan01", "dryRun": False, "confirm": "fan01"})
-    assert r.status == 202, r.body
-    op_id = r.json()["operationId"]
-    # The restore holds fan01 from its first step: a backup asked for now waits, not fails.
-    wait_until(lambda: stack.d1_query(META, "SELECT count(*) AS n FROM locks WHERE name = 'database:fan01' "
-                                            f"AND owner = '{op_id}'")[0]["n"] == 1, what="the restore's lock")
+    # A restore into fan01 holds its lock (as a real restore does from its first step to its
+    # end, which here would be over in a fraction of a second): held for it here.
+    restore_id = str(uuid.uuid4())
+    stack.d1_execute(META, "INSERT INTO locks (name, owner, until) "
+                           f"VALUES ('database:fan01', '{restore_id}', '2999-01-01T00:00:00.000Z')")
     during = stack.admin("POST", "/trigger", {"databases": ["fan01"]})
     assert during.status == 202, during.body
-    op = stack.wait_for_operation(op_id)
-    assert op["state"] == "succeeded", op
-    job = stack.wait_for_job(during.json()["jobId"], timeout=180)
+    job_id = during.json()["jobId"]
+
+    def run():
+        (row,) = stack.d1_query(META, f"SELECT state, attempts, failures, queued_at, next_attempt_at FROM runs "
+                                      f"WHERE job_id = '{job_id}'")
+        return row
+    # It came, found the database taken and waits: due again later, not failed, not started.
+    wait_until(lambda: run()["next_attempt_at"] > run()["queued_at"], what="the backup to find the lock")
+    waiting = run()
+    assert (waiting["state"], waiting["attempts"], waiting["failures"]) == ("queued", 0, 0), waiting
+    stack.d1_execute(META, f"DELETE FROM locks WHERE owner = '{restore_id}'")
+    job = stack.wait_for_job(job_id, timeout=120)
     assert job["status"] == "completed", job
     (backup,) = job["runs"]
-    # It started once the restore had ended, and holds what the restore wrote, all of it.
-    assert backup["startedAt"] >= op["finishedAt"], (backup, op)
-    assert all(a["outcome"] != "retrying" for a in backup["history"]), backup["history"]
-    def recorded(key):
-        return stack.d1_query(META, f"SELECT table_name, rows FROM backup_tables WHERE key = '{key}' ORDER BY table_name")
-    assert recorded(backup["r2Key"]) == recorded(run["r2Key"])
+    assert backup["attempts"] == backup["step"] and all(a["outcome"] != "retrying" for a in backup["history"]), backup
+    # A real restore takes the same lock and releases it with its end.
+    source = back_up(stack, "demo")
+    r = stack.admin("POST", "/restore", {"backup": source["r2Key"], "target": "fan01", "dryRun": False, "confirm": "fan01"})
+    assert r.status == 202, r.body
+    assert stack.wait_for_operation(r.json()["operationId"])["state"] == "succeeded"
     assert stack.d1_query(META, "SELECT count(*) AS n FROM locks WHERE name = 'database:fan01'") == [{"n": 0}]
 
 
