@@ -209,7 +209,8 @@ pub trait StepBody {
         verdict: &Verdict,
         now: DateTime<Utc>,
     ) -> Result<Vec<D1PreparedStatement>>;
-    /// The task is about to be recorded dead of `error`: free what it holds (an open upload).
+    /// The task was recorded dead of `error` (under this delivery's lease): free what it held
+    /// (an open upload, its staging area).
     async fn dying(&mut self, db: &D1Database, error: &TaskError);
     /// After the task ended (succeeded, failed or dead): raise and deliver its alerts. Never fails.
     async fn ended(&mut self, db: &D1Database);
@@ -316,7 +317,6 @@ async fn fail<B: StepBody>(db: &D1Database, policy: &TaskPolicy, body: &mut B, l
         }
         Verdict::Dead => {
             console_error!("{label}: failed ({:?}): {error}; giving up", error.kind);
-            body.dying(db, &error).await;
             (dead_sql(lease.kind), vec![text(&lease.id), text(&error.message), text(&timestamp(now))])
         }
     };
@@ -341,6 +341,9 @@ async fn fail<B: StepBody>(db: &D1Database, policy: &TaskPolicy, body: &mut B, l
         }
         (Ok(_), Verdict::Retry { delay_seconds, .. }) => Disposition::RetryIn(delay_seconds),
         (Ok(_), _) => {
+            // Only once its death is recorded under its own lease: a delivery that lost the
+            // task must not free what the new holder is using.
+            body.dying(db, &error).await;
             body.ended(db).await;
             Disposition::Ack
         }
