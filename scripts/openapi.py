@@ -59,7 +59,7 @@ run = {
         "history": {"type": "array", "items": {"type": "object", "properties": {
             "step": {"type": "integer"}, "attempt": {"type": "integer"}, "startedAt": {"type": "string"},
             "finishedAt": {"type": "string"},
-            "outcome": {"enum": ["continued", "succeeded", "retrying", "leased_elsewhere"]},
+            "outcome": {"enum": ["continued", "succeeded", "retrying", "dead", "leased_elsewhere"]},
             "error": NULLABLE_STR, "retryDelaySeconds": NULLABLE_INT}}},
     },
 }
@@ -133,6 +133,16 @@ outcome = {"oneOf": [
         "tables": {"type": "integer", "minimum": 0}, "rows": {"type": "integer", "minimum": 0}}},
     {"type": "object", "required": ["outcome", "table", "message"], "properties": {
         "outcome": {"const": "failed"}, "table": NULLABLE_STR, "message": {"type": "string"}}},
+    # Nothing done, for a reason that is not the dump's (VERIFY_DB is not a scratch database).
+    {"type": "object", "required": ["outcome", "message"], "properties": {
+        "outcome": {"const": "refused"}, "message": {"type": "string"}}},
+    # A restore that failed after changing its target, which was put back as it was.
+    {"type": "object", "required": ["outcome", "error", "table", "restored"], "properties": {
+        "outcome": {"const": "rolledBack"}, "error": {"type": "string"}, "table": NULLABLE_STR,
+        "restored": {"oneOf": [{"type": "null"}, {"type": "object", "required": ["statements", "sqlBytes", "sha256Matches"],
+                                                  "properties": {"statements": {"type": "integer", "minimum": 0},
+                                                                 "sqlBytes": {"type": "integer", "minimum": 0},
+                                                                 "sha256Matches": {"type": "boolean"}}}]}}},
 ]}
 operation = {
     "type": "object",

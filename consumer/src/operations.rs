@@ -14,13 +14,15 @@ use platform::r2_store::R2Store;
 use platform::tasks::{self, meta_error, StepBody, StepOutcome};
 use platform::{bindings, now};
 use shared::config::Settings;
-use shared::task::{Lease, TaskError, TaskKind, TaskRecord, Verdict};
+use shared::task::{ErrorKind, Lease, TaskError, TaskKind, TaskRecord, TaskState, Verdict};
 use shared::alerts::Alert;
 use shared::backup::BackupSummary;
+use shared::faults::FaultyTarget;
 use shared::message::OperationMessage;
 use shared::ports::ObjectStore;
 use shared::restore::operation::{
-    operation_step, DumpSource, OperationKind, OperationOutcome, OperationPhase, OperationPlan, OperationProgress,
+    give_up, operation_step, DumpSource, OperationKind, OperationOutcome, OperationPhase, OperationPlan, OperationProgress,
+    Rollback,
 };
 use shared::restore::verify::VerifyOutcome;
 use shared::restore::DumpObject;
@@ -69,6 +71,7 @@ async fn try_start_verification(
         expected: summary.tables.clone(),
         expected_schema: summary.schema.clone(),
         expected_sequences: summary.sequences.clone(),
+        fault: None,
         rows_per_query: settings.export.rows_per_query,
     };
     let op = operations::NewOperation {
@@ -155,6 +158,25 @@ impl OperationTask<'_> {
     }
 }
 
+impl OperationTask<'_> {
+    /// How this restore puts its target back if it fails after changing it: from the backup of
+    /// the target taken first, or by emptying it when it was empty (no backup was needed).
+    async fn rollback(&self, db: &D1Database) -> std::result::Result<Rollback, TaskError> {
+        let Some(job_id) = self.op.pre_backup_job_id.as_deref() else { return Ok(Rollback::Empty) };
+        let job_id = Uuid::parse_str(job_id).map_err(|e| TaskError::permanent(format!("pre-backup job id: {e}")))?;
+        let job = meta::get_job(db, &job_id).await.map_err(meta_error)?;
+        let run = job.and_then(|j| j.runs.into_iter().next()).filter(|r| r.state == TaskState::Succeeded);
+        match run {
+            Some(run) => Ok(Rollback::Restore(DumpObject {
+                gzip: run.r2_key.ends_with(".gz"),
+                sha256: run.sha256.unwrap_or_default(),
+                key: run.r2_key,
+            })),
+            None => Err(TaskError::permanent(format!("the backup of the target taken first (job {job_id}) is not there to roll back to"))),
+        }
+    }
+}
+
 impl StepBody for OperationTask<'_> {
     fn kind(&self) -> TaskKind {
         TaskKind::Operation
@@ -204,12 +226,36 @@ impl StepBody for OperationTask<'_> {
                 .map(|d| d.binding.clone())
                 .ok_or_else(|| TaskError::permanent(format!("database {target:?} is not configured")))?,
         };
-        let mut target = D1Target::new(self.env.d1(&binding).map_err(|e| TaskError::permanent(format!("binding {binding}: {e}")))?);
+        let target = D1Target::new(self.env.d1(&binding).map_err(|e| TaskError::permanent(format!("binding {binding}: {e}")))?);
+        // Fault injection (local and test stacks only: the producer refuses it elsewhere).
+        let mut target = FaultyTarget { inner: target, fault: plan.fault, attempt: lease.attempt, operation: plan.id.clone() };
         let mut store =
             R2Store::new(self.env.bucket(bindings::BACKUPS).map_err(|e| TaskError::permanent(format!("binding BACKUPS: {e}")))?);
         let clock = || Date::now().as_millis() as i64;
         let budget = self.settings.export.step_budget();
-        match operation_step(&mut target, &mut store, &clock, &plan, budget, phase, lease.token).await? {
+        // Looked up only when it is needed: the phase that puts the target back.
+        let rollback = match phase {
+            OperationPhase::RollingBack { .. } => self.rollback(db).await?,
+            _ => Rollback::Empty,
+        };
+        let progress = match operation_step(&mut target, &mut store, &clock, &plan, budget, phase.clone(), lease.token, &rollback).await {
+            Ok(progress) => progress,
+            // The last attempt of a restore that has changed its target: put the target back
+            // instead of leaving it half restored.
+            Err(error) if error.kind == ErrorKind::Transient
+                && lease.attempt >= self.settings.task_policy(TaskKind::Operation).max_attempts =>
+            {
+                match give_up(&mut target, &plan, &phase, &error).await? {
+                    Some(rolling_back) => {
+                        console_error!("{}: giving up ({error}); putting the target back", self.label);
+                        OperationProgress::Paused { phase: rolling_back, superseded: None }
+                    }
+                    None => return Err(error),
+                }
+            }
+            Err(error) => return Err(error),
+        };
+        match progress {
             OperationProgress::Paused { phase, superseded } => {
                 let json = serde_json::to_string::<OperationPhase>(&phase).map_err(|e| TaskError::permanent(e.to_string()))?;
                 let statements = vec![
@@ -266,7 +312,7 @@ impl StepBody for OperationTask<'_> {
                     let note = table.as_ref().map(|t| format!(" (first differing table: {t})")).unwrap_or_default();
                     (table.clone(), format!("backup {} of {} failed verification{note}", self.op.source_key, self.op.database))
                 }
-                OperationOutcome::Restored(_) => (None, format!("restore {} failed", self.op.id)),
+                OperationOutcome::Restored(_) | OperationOutcome::RolledBack { .. } => (None, format!("restore {} failed", self.op.id)),
             };
             let verdict = serde_json::to_string(&outcome).unwrap_or_default();
             raise_verify_alert(self.env, db, &self.op, table.as_deref(), &headline, &verdict).await;

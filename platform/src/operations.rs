@@ -215,6 +215,13 @@ pub fn outcome_statements(
         OperationOutcome::Verified(v) if !v.passed => (v.failed_table.clone(), Some(v.problems.join("; "))),
         OperationOutcome::Failed { table, message } => (table.clone(), Some(message.clone())),
         OperationOutcome::Refused { message } => (None, Some(message.clone())),
+        OperationOutcome::RolledBack { error, table, restored } => (
+            table.clone(),
+            Some(format!(
+                "{error}; the target was put back as it was before the restore ({})",
+                if restored.is_some() { "from the backup taken first" } else { "emptied again" }
+            )),
+        ),
         OperationOutcome::Restored(r) if !r.sha256_matches => (
             None,
             Some("restored, but the dump's SHA-256 differs from the one recorded when it was stored".to_string()),

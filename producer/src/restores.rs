@@ -32,6 +32,7 @@ fn plan(settings: &Settings, id: &str, kind: OperationKind, backup: &ResolvedBac
         expected_schema: backup.schema.clone(),
         expected_sequences: backup.sequences.clone(),
         rows_per_query: settings.export.rows_per_query,
+        fault: None,
     })
 }
 
@@ -75,7 +76,8 @@ pub(crate) async fn restore(req: &mut Request, env: &Env, settings: &Settings) -
         Err(response) => return Ok(response),
     };
     let configured = &settings.databases;
-    let request = match parse_restore_request(&body, configured) {
+    let faults_allowed = shared::trigger::fault_injection_allowed(settings.environment.as_deref());
+    let request = match parse_restore_request(&body, configured, faults_allowed) {
         Ok(request) => request,
         Err(e) => return api_error(e),
     };
@@ -190,7 +192,8 @@ pub(crate) async fn restore(req: &mut Request, env: &Env, settings: &Settings) -
         None
     };
     let id = Uuid::new_v4().to_string();
-    let plan = plan(settings, &id, OperationKind::Restore, &backup, request.table.clone())?;
+    let mut plan = plan(settings, &id, OperationKind::Restore, &backup, request.table.clone())?;
+    plan.fault = request.fault;
     let op = NewOperation {
         plan: &plan,
         source_key: &backup.key,

@@ -27,6 +27,9 @@ pub enum FaultStage {
     /// and another delivery takes the task over (as when a step outlasts its lease). Counted
     /// by the lease's fencing token: `failAttempts: 1` hits the task's first lease only.
     LeaseExpiry,
+    /// D1 refuses the restore's first batch of rows (after the target was emptied), as it
+    /// refuses a statement: the restore must put the target back.
+    RestoreBatch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +130,38 @@ impl<O: ObjectStore> ObjectStore for FaultyStore<O> {
 
     async fn abort_multipart(&mut self, key: &str, upload_id: &str) -> Result<(), PortError> {
         self.inner.abort_multipart(key, upload_id).await
+    }
+}
+
+/// A restore target whose first batch of rows for `operation` D1 refuses (fault `restore_batch`,
+/// on the attempts the fault names). Batches of another operation (the rollback) go through.
+pub struct FaultyTarget<T> {
+    pub inner: T,
+    pub fault: Option<Fault>,
+    pub attempt: u32,
+    /// The operation's id, as its batches name it in their fence.
+    pub operation: String,
+}
+
+impl<T: SqlSource> SqlSource for FaultyTarget<T> {
+    async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PortError> {
+        self.inner.query(sql).await
+    }
+}
+
+impl<T: crate::restore::SqlTarget> crate::restore::SqlTarget for FaultyTarget<T> {
+    async fn execute_batch(&mut self, statements: &[String]) -> Result<(), PortError> {
+        let ours = format!("= {}", crate::dump::sql::string_literal(&self.operation));
+        let rows_of_ours = statements.iter().any(|s| s.starts_with("INSERT INTO \"") && !s.starts_with("INSERT INTO \"_d1_backup_"))
+            && statements.iter().any(|s| s.ends_with(&ours) || s.contains(&format!("{ours} ")));
+        if rows_of_ours && Fault::fails(self.fault.as_ref(), FaultStage::RestoreBatch, self.attempt) {
+            self.fault = None;
+            return Err(PortError::rejected(format!(
+                "injected fault: D1 refused a batch of rows on attempt {}: SQLITE_CONSTRAINT",
+                self.attempt
+            )));
+        }
+        self.inner.execute_batch(statements).await
     }
 }
 

@@ -8,7 +8,10 @@ use futures::executor::block_on;
 use rusqlite::Connection;
 use shared::backup::{BackupSummary, BackupTarget};
 use shared::dump::StepBudget;
-use shared::restore::operation::{operation_step, DumpSource, OperationKind, OperationOutcome, OperationPhase, OperationPlan, OperationProgress};
+use shared::restore::operation::{
+    give_up, operation_step, DumpSource, OperationKind, OperationOutcome, OperationPhase, OperationPlan, OperationProgress,
+    Rollback,
+};
 use shared::restore::verify::{verify_step, Expected, VerifyOutcome, VerifyProgress, SCRATCH_MARKER};
 use shared::restore::{restore_step, DumpObject, RestoreError, RestorePlan, RestoreProgress, RestoreReport, PROGRESS_TABLE};
 use std::collections::BTreeMap;
@@ -554,6 +557,15 @@ fn a_verification_whose_scratch_copy_vanished_restores_again() {
 /// Runs a restore operation step by step, each from nothing but its saved phase, as the
 /// consumer does; returns its outcome.
 fn run_restore_operation(target: &Connection, store: &mut MemoryStore, summary: &BackupSummary) -> OperationOutcome {
+    run_restore_operation_with(&mut RusqliteTarget::new(target), store, summary, &Rollback::Empty)
+}
+
+fn run_restore_operation_with(
+    target: &mut RusqliteTarget,
+    store: &mut MemoryStore,
+    summary: &BackupSummary,
+    rollback: &Rollback,
+) -> OperationOutcome {
     let plan = OperationPlan {
         id: "op-check".into(),
         kind: OperationKind::Restore,
@@ -567,13 +579,13 @@ fn run_restore_operation(target: &Connection, store: &mut MemoryStore, summary: 
         expected_schema: summary.schema.clone(),
         expected_sequences: summary.sequences.clone(),
         rows_per_query: 100,
+        fault: None,
     };
-    let mut target = RusqliteTarget::new(target);
     let mut phase = plan.start();
     assert!(matches!(phase, OperationPhase::Checking(None)), "a restore starts by checking the dump");
     for token in 1..10_000 {
         let budget = StepBudget { max_bytes: 20_000, ..SMALL };
-        match block_on(operation_step(&mut target, store, &clock(), &plan, budget, phase.clone(), token)).unwrap() {
+        match block_on(operation_step(target, store, &clock(), &plan, budget, phase.clone(), token, rollback)).unwrap() {
             OperationProgress::Paused { phase: next, .. } => {
                 phase = serde_json::from_str(&serde_json::to_string(&next).unwrap()).unwrap();
             }
@@ -676,4 +688,88 @@ fn a_restored_copy_whose_schema_or_counters_differ_fails_verification() {
     counter.sequences[0].seq = "999999".into();
     let outcome = verify(&Connection::open_in_memory().unwrap(), &mut store, &counter);
     assert!(!outcome.passed && outcome.problems.iter().any(|p| p.contains("AUTOINCREMENT counters")), "{:?}", outcome.problems);
+}
+
+/// A restore that D1 stops mid-way, after the target was emptied and partly filled, puts the
+/// target back as it was: from the backup taken before it, or empty when it was empty.
+#[test]
+fn a_restore_failing_after_it_changed_the_target_rolls_it_back() {
+    let source = chinook();
+    let mut store = MemoryStore::default();
+    let summary = back_up(&source, &mut store, false);
+
+    // The target holds data: its backup, taken first, is what the rollback restores.
+    let target = Connection::open_in_memory().unwrap();
+    target.execute_batch(
+        "CREATE TABLE precious (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT); INSERT INTO precious (v) VALUES ('keep'), ('me');
+         CREATE INDEX precious_v ON precious (v);",
+    ).unwrap();
+    let before = everything(&target);
+    let pre = {
+        let t = shared::backup::BackupTarget {
+            database: "target".into(),
+            key: "manual/2026-12-03/pre/target.sql".into(),
+            staging_prefix: "staging/pre/".into(),
+            gzip: false,
+            metadata: std::collections::BTreeMap::new(),
+            part_size: 64 * 1024,
+            started_at: Utc.with_ymd_and_hms(2026, 12, 3, 3, 0, 0).unwrap(),
+            rows_per_query: 100,
+        };
+        support::run_to_completion(&target, &mut store, &t, StepBudget::UNLIMITED).summary
+    };
+    let rollback = Rollback::Restore(DumpObject { key: pre.key.clone(), gzip: false, sha256: pre.sha256.clone() });
+    let mut faulty = RusqliteTarget::new(&target);
+    // D1 refuses a batch of Track's rows: by then the target was emptied and partly restored.
+    faulty.refuse_statement = Some("INSERT INTO \"Track\"".into());
+    let outcome = run_restore_operation_with(&mut faulty, &mut store, &summary, &rollback);
+    match &outcome {
+        OperationOutcome::RolledBack { error, restored: Some(report), .. } => {
+            assert!(error.contains("injected"), "{error}");
+            assert!(report.sha256_matches);
+        }
+        other => panic!("expected a rollback, got {other:?}"),
+    }
+    assert_eq!(everything(&target), before, "the target is back as it was");
+
+    // An empty target is emptied again.
+    let empty = Connection::open_in_memory().unwrap();
+    let mut faulty = RusqliteTarget::new(&empty);
+    faulty.refuse_statement = Some("INSERT INTO \"Track\"".into());
+    let outcome = run_restore_operation_with(&mut faulty, &mut store, &summary, &Rollback::Empty);
+    assert!(matches!(outcome, OperationOutcome::RolledBack { restored: None, .. }), "{outcome:?}");
+    assert_eq!(everything(&empty), Vec::<String>::new());
+}
+
+/// A restore whose attempts are spent (D1 failing again and again) puts its target back only
+/// once it has begun changing it.
+#[test]
+fn a_restore_gives_up_into_a_rollback_only_once_it_has_changed_the_target() {
+    let source = chinook();
+    let mut store = MemoryStore::default();
+    let summary = back_up(&source, &mut store, false);
+    let plan = OperationPlan {
+        id: "op-give-up".into(),
+        kind: OperationKind::Restore,
+        source: DumpSource::Stored(DumpObject { key: summary.key.clone(), gzip: false, sha256: summary.sha256.clone() }),
+        table: None,
+        expected: Vec::new(),
+        expected_schema: Vec::new(),
+        expected_sequences: Vec::new(),
+        rows_per_query: 100,
+        fault: None,
+    };
+    let conn = Connection::open_in_memory().unwrap();
+    let mut target = RusqliteTarget::new(&conn);
+    let error = shared::task::TaskError::transient("D1 is overloaded");
+    let untouched = block_on(give_up(&mut target, &plan, &OperationPhase::Restoring, &error)).unwrap();
+    assert_eq!(untouched, None, "nothing changed yet: nothing to undo");
+    // One restore step: the target is emptied and partly restored.
+    let tick = clock();
+    let step = operation_step(&mut target, &mut store, &tick, &plan, SMALL, OperationPhase::Restoring, 1, &Rollback::Empty);
+    assert!(matches!(block_on(step).unwrap(), OperationProgress::Paused { phase: OperationPhase::Restoring, .. }));
+    let rolling_back = block_on(give_up(&mut target, &plan, &OperationPhase::Restoring, &error)).unwrap();
+    assert_eq!(rolling_back, Some(OperationPhase::RollingBack { error: "D1 is overloaded".into(), table: None }));
+    // Checking and verifying phases never touch a target worth undoing.
+    assert_eq!(block_on(give_up(&mut target, &plan, &OperationPhase::Checking(None), &error)).unwrap(), None);
 }

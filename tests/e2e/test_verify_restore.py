@@ -271,6 +271,23 @@ def test_a_backup_of_a_database_being_restored_waits_for_the_restore(stack):
     assert stack.d1_query(META, "SELECT count(*) AS n FROM locks WHERE name = 'database:fan01'") == [{"n": 0}]
 
 
+def test_a_restore_failing_mid_way_puts_the_target_back(stack):
+    run = back_up(stack, "chinook")
+    stack.d1_execute("fan02", "DROP TABLE IF EXISTS notes; CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); "
+                              "INSERT INTO notes VALUES (3, 'before the restore');")
+    before, before_objects = contents(stack, "fan02"), objects(stack, "fan02")
+    # D1 refuses the restore's first batch of rows: by then fan02 has been emptied.
+    r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan02", "dryRun": False, "confirm": "fan02",
+                                         "fault": {"stage": "restore_batch", "failAttempts": 1}})
+    assert r.status == 202, r.body
+    op = stack.wait_for_operation(r.json()["operationId"])
+    assert op["state"] == "failed" and op["outcome"]["outcome"] == "rolledBack", op
+    assert op["outcome"]["restored"]["sha256Matches"] is True, op
+    assert "injected fault" in op["error"] and "put back as it was" in op["error"], op
+    assert contents(stack, "fan02") == before
+    assert objects(stack, "fan02") == before_objects
+
+
 def test_one_table_restores_alone(stack):
     run = back_up(stack, "chinook")
     r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan01", "dryRun": False, "confirm": "fan01"})

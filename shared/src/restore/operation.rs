@@ -53,6 +53,9 @@ pub struct OperationPlan {
     #[serde(default)]
     pub expected_sequences: Vec<Sequence>,
     pub rows_per_query: u32,
+    /// Fault injection (local and test stacks only: the producer refuses it elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<crate::faults::Fault>,
 }
 
 impl OperationPlan {
@@ -90,6 +93,12 @@ impl OperationPlan {
         }
     }
 
+    /// Whether this operation's restore has begun changing `target` (its progress is recorded
+    /// there: the first batch, which empties the target, committed).
+    async fn began<T: SqlTarget>(&self, target: &mut T) -> Result<bool, TaskError> {
+        Ok(super::recorded_cursor(target, &self.id).await?.is_some())
+    }
+
     fn restore_plan(&self) -> RestorePlan {
         RestorePlan {
             operation: self.id.clone(),
@@ -118,6 +127,16 @@ impl OperationPlan {
     }
 }
 
+/// How a restore that fails after it has changed its target puts the target back as it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Rollback {
+    /// Restore the backup of the target taken before the restore.
+    Restore(DumpObject),
+    /// The target was empty: empty it again.
+    Empty,
+}
+
 /// Where an operation stands between steps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -128,6 +147,9 @@ pub enum OperationPhase {
     /// The target's progress table says how far.
     Restoring,
     Verifying(Option<VerifyPhase>),
+    /// The restore failed after changing the target (`error`, `table`): the target is being
+    /// put back as it was.
+    RollingBack { error: String, table: Option<String> },
 }
 
 /// How an operation ended.
@@ -141,6 +163,10 @@ pub enum OperationOutcome {
     /// Nothing was done, for a reason that is not the dump's (a scratch database that is not
     /// one): a verification so refused gives no verdict on the dump.
     Refused { message: String },
+    /// The restore failed after it had changed the target (`error`, in `table`), and the
+    /// target was put back as it was before: from the backup taken first (`restored`), or
+    /// emptied again when it had been empty (`restored` is `None`).
+    RolledBack { error: String, table: Option<String>, restored: Option<RestoreReport> },
 }
 
 impl OperationOutcome {
@@ -148,7 +174,7 @@ impl OperationOutcome {
         match self {
             OperationOutcome::Restored(report) => report.sha256_matches,
             OperationOutcome::Verified(outcome) => outcome.passed,
-            OperationOutcome::Failed { .. } | OperationOutcome::Refused { .. } => false,
+            OperationOutcome::Failed { .. } | OperationOutcome::Refused { .. } | OperationOutcome::RolledBack { .. } => false,
         }
     }
 }
@@ -162,8 +188,10 @@ pub enum OperationProgress {
 }
 
 /// Runs one step of `plan` from `phase` for the delivery holding fencing token `token`.
-/// `target` is the scratch database for a verification, the target database for a restore.
+/// `target` is the scratch database for a verification, the target database for a restore;
+/// `rollback` says how a restore that fails after changing its target puts it back.
 /// A damaged dump is an outcome; an `Err` is retried, or (a lost lease) ends the delivery.
+#[allow(clippy::too_many_arguments)]
 pub async fn operation_step<T: SqlTarget, O: ObjectStore, C: Clock>(
     target: &mut T,
     store: &mut O,
@@ -172,6 +200,7 @@ pub async fn operation_step<T: SqlTarget, O: ObjectStore, C: Clock>(
     budget: StepBudget,
     phase: OperationPhase,
     token: u64,
+    rollback: &Rollback,
 ) -> Result<OperationProgress, TaskError> {
     let failed = |table, message| Ok(OperationProgress::Done(OperationOutcome::Failed { table, message }));
     match phase {
@@ -202,9 +231,43 @@ pub async fn operation_step<T: SqlTarget, O: ObjectStore, C: Clock>(
         OperationPhase::Restoring => match restore_step(target, store, clock, &plan.restore_plan(), budget, token).await {
             Ok(RestoreProgress::Paused(_)) => Ok(OperationProgress::Paused { phase: OperationPhase::Restoring, superseded: None }),
             Ok(RestoreProgress::Finished(report)) => Ok(OperationProgress::Done(OperationOutcome::Restored(report))),
-            Err(RestoreError::Dump { table, message }) => failed(table, message),
+            // Refused before the target changed (a table others refer to): nothing to undo.
+            Err(RestoreError::Dump { table, message }) if !plan.began(target).await? => failed(table, message),
+            Err(RestoreError::Dump { table, message }) => Ok(OperationProgress::Paused {
+                phase: OperationPhase::RollingBack { error: message, table },
+                superseded: None,
+            }),
             Err(e) => Err(task_error(e)),
         },
+        OperationPhase::RollingBack { error, table } => {
+            let rolled_back = |restored| {
+                Ok(OperationProgress::Done(OperationOutcome::RolledBack { error: error.clone(), table: table.clone(), restored }))
+            };
+            match rollback {
+                Rollback::Empty => {
+                    let mut statements = vec!["PRAGMA defer_foreign_keys = on".to_string()];
+                    statements.extend(super::emptying_statements(target).await?);
+                    target.execute_batch(&statements).await?;
+                    rolled_back(None)
+                }
+                Rollback::Restore(dump) => {
+                    let undo = RestorePlan { operation: format!("{}:rollback", plan.id), dump: dump.clone(), table: None, keep_progress: false };
+                    match restore_step(target, store, clock, &undo, budget, token).await {
+                        Ok(RestoreProgress::Paused(_)) => Ok(OperationProgress::Paused {
+                            phase: OperationPhase::RollingBack { error, table },
+                            superseded: None,
+                        }),
+                        Ok(RestoreProgress::Finished(report)) => rolled_back(Some(report)),
+                        // The backup taken first cannot be restored either: say both.
+                        Err(RestoreError::Dump { message, .. }) => failed(
+                            table,
+                            format!("{error}; putting the target back from {} failed too: {message}", dump.key),
+                        ),
+                        Err(e) => Err(task_error(e)),
+                    }
+                }
+            }
+        }
         OperationPhase::Verifying(from) => {
             let restore = plan.restore_plan();
             let expected = Expected { tables: &plan.expected, schema: &plan.expected_schema, sequences: &plan.expected_sequences };
@@ -218,6 +281,20 @@ pub async fn operation_step<T: SqlTarget, O: ObjectStore, C: Clock>(
             }
         }
     }
+}
+
+/// What a restore becomes when its attempts are spent on `error` (D1 failing again and again):
+/// put the target back, when the restore had begun changing it. `None`: nothing to undo.
+pub async fn give_up<T: SqlTarget>(
+    target: &mut T,
+    plan: &OperationPlan,
+    phase: &OperationPhase,
+    error: &TaskError,
+) -> Result<Option<OperationPhase>, TaskError> {
+    if plan.kind != OperationKind::Restore || *phase != OperationPhase::Restoring || !plan.began(target).await? {
+        return Ok(None);
+    }
+    Ok(Some(OperationPhase::RollingBack { error: error.message.clone(), table: None }))
 }
 
 /// A restore's error as the task engine handles it (a damaged dump never gets here: it is the

@@ -2,6 +2,7 @@
 //! a dry run reports.
 
 use crate::config::DatabaseConfig;
+use crate::faults::{Fault, FaultStage};
 use crate::keys::{BackupKey, IsoWeek};
 use crate::trigger::{ApiError, MAX_BODY_BYTES};
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,7 @@ struct Body {
     dry_run: Option<bool>,
     confirm: Option<String>,
     allow_unverified: Option<bool>,
+    fault: Option<Fault>,
 }
 
 /// A restore request, well formed.
@@ -36,6 +38,8 @@ pub struct RestoreRequest {
     pub confirm: Option<String>,
     /// Restore a backup whose verification failed (refused otherwise).
     pub allow_unverified: bool,
+    /// Fault injection (local and test stacks only).
+    pub fault: Option<Fault>,
 }
 
 impl RestoreRequest {
@@ -49,7 +53,7 @@ const USAGE: &str = "send {\"backup\": \"<key from GET /list>\", \"target\": \"<
                      optionally with \"week\", \"table\", \"dryRun\" (default true), \"confirm\" and \"allowUnverified\"";
 
 /// Checks a request body against the configured databases.
-pub fn parse_restore_request(body: &[u8], configured: &[DatabaseConfig]) -> Result<RestoreRequest, ApiError> {
+pub fn parse_restore_request(body: &[u8], configured: &[DatabaseConfig], faults_allowed: bool) -> Result<RestoreRequest, ApiError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(ApiError::new(413, "body_too_large", format!("body exceeds {MAX_BODY_BYTES} bytes")));
     }
@@ -82,6 +86,16 @@ pub fn parse_restore_request(body: &[u8], configured: &[DatabaseConfig]) -> Resu
             return Err(ApiError::new(400, "invalid_table", "\"table\" must be a table name of 1 to 1024 bytes"));
         }
     }
+    if body.fault.is_some() && !faults_allowed {
+        return Err(ApiError::new(
+            400,
+            "fault_injection_disabled",
+            "fault is for local and test stacks only; this deployment refuses it",
+        ));
+    }
+    if body.fault.is_some_and(|f| f.stage != FaultStage::RestoreBatch) {
+        return Err(ApiError::new(400, "invalid_fault", "a restore takes the restore_batch fault only"));
+    }
     Ok(RestoreRequest {
         backup,
         week: body.week,
@@ -90,6 +104,7 @@ pub fn parse_restore_request(body: &[u8], configured: &[DatabaseConfig]) -> Resu
         dry_run: body.dry_run.unwrap_or(true),
         confirm: body.confirm,
         allow_unverified: body.allow_unverified.unwrap_or(false),
+        fault: body.fault,
     })
 }
 
@@ -106,11 +121,12 @@ mod tests {
 
     #[test]
     fn a_dry_run_is_the_default_and_confirmation_names_the_target() {
-        let r = parse_restore_request(br#"{"backup":"daily/2026-11-20/chinook.sql","target":"scratchpad"}"#, &configured()).unwrap();
+        let r = parse_restore_request(br#"{"backup":"daily/2026-11-20/chinook.sql","target":"scratchpad"}"#, &configured(), false).unwrap();
         assert!(r.dry_run && !r.confirmed());
         let r = parse_restore_request(
             br#"{"backup":"daily/2026-11-20/chinook.sql.gz","target":"chinook","dryRun":false,"confirm":"chinook","table":"Track","week":"2026-W47"}"#,
             &configured(),
+            false,
         )
         .unwrap();
         assert!(!r.dry_run && r.confirmed());
@@ -131,7 +147,7 @@ mod tests {
             (br#"{"backup":"daily/2026-11-20/chinook.sql","target":"chinook","dryRun":"no"}"#, 400, "invalid_body"),
             (br#"{"backup":"daily/2026-11-20/chinook.sql","target":"chinook","force":true}"#, 400, "invalid_body"),
         ] {
-            let e = parse_restore_request(body, &configured()).unwrap_err();
+            let e = parse_restore_request(body, &configured(), false).unwrap_err();
             assert_eq!((e.status, e.code), (status, code), "{}: {}", String::from_utf8_lossy(body), e.message);
         }
     }

@@ -282,12 +282,15 @@ pub struct RusqliteTarget<'a> {
     pub conn: &'a Connection,
     pub batches: u32,
     pub die_after_batch: Option<u32>,
+    /// Refuse the first batch holding a statement that starts with this, once, as D1 refuses a
+    /// statement: nothing of it commits.
+    pub refuse_statement: Option<String>,
 }
 
 impl<'a> RusqliteTarget<'a> {
     pub fn new(conn: &'a Connection) -> Self {
         conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
-        RusqliteTarget { conn, batches: 0, die_after_batch: None }
+        RusqliteTarget { conn, batches: 0, die_after_batch: None, refuse_statement: None }
     }
 }
 
@@ -299,6 +302,11 @@ impl SqlSource for RusqliteTarget<'_> {
 
 impl shared::restore::SqlTarget for RusqliteTarget<'_> {
     async fn execute_batch(&mut self, statements: &[String]) -> Result<(), PortError> {
+        let refused = self.refuse_statement.as_deref().is_some_and(|p| statements.iter().any(|s| s.starts_with(p)));
+        if refused {
+            self.refuse_statement = None;
+            return Err(PortError::rejected("injected: D1 refused a statement: SQLITE_CONSTRAINT"));
+        }
         let as_d1 = |e: rusqlite::Error| match &e {
             // Typed by SQLite's own result code, as D1's boundary types its errors.
             rusqlite::Error::SqliteFailure(code, _) => match code.code {
