@@ -270,12 +270,9 @@ impl StepBody for OperationTask<'_> {
                 Ok(StepOutcome::Continued)
             }
             OperationProgress::Done(outcome) => {
-                if let Some(key) = plan.extracted_key() {
-                    if let Err(e) = store.delete(&key).await {
-                        console_error!("{}: could not delete the extracted copy {key}: {e}", self.label);
-                    }
-                }
-                self.finish(db, lease, outcome).await
+                let finished = self.finish(db, lease, outcome).await?;
+                release_staging(&mut store, &plan, &phase, &self.label).await;
+                Ok(finished)
             }
         }
     }
@@ -296,6 +293,10 @@ impl StepBody for OperationTask<'_> {
 
     async fn dying(&mut self, _db: &D1Database, error: &TaskError) {
         self.died_of = Some(error.message.clone());
+        let phase = self.op.checkpoint.as_deref().and_then(|c| serde_json::from_str::<OperationPhase>(c).ok());
+        if let (Ok(plan), Some(phase), Ok(bucket)) = (self.op.plan(), phase, self.env.bucket(bindings::BACKUPS)) {
+            release_staging(&mut R2Store::new(bucket), &plan, &phase, &self.label).await;
+        }
     }
 
     async fn ended(&mut self, db: &D1Database) {
@@ -323,6 +324,15 @@ impl StepBody for OperationTask<'_> {
         let message = MessageBuilder::new(self.msg.continuation(step)).delay_seconds(delay_seconds).build();
         self.env.queue(bindings::RESTORE_QUEUE)?.send(message).await
     }
+}
+
+/// Once an operation has ended (recorded under its lease): its copy out of an archive, its
+/// tails and any upload left open go. A failure leaves litter, logged.
+async fn release_staging(store: &mut R2Store, plan: &OperationPlan, phase: &OperationPhase, label: &str) {
+    if let Err(e) = plan.discard_extraction(store, phase).await {
+        console_error!("{label}: aborting the unfinished copy out of the archive failed: {e}");
+    }
+    store.clear_staging(&plan.staging_prefix(), label).await;
 }
 
 /// A failed verification raises `verify_failed` (once per operation) and is delivered at once.

@@ -240,6 +240,39 @@ def test_a_dump_damaged_on_disk_is_refused_before_the_target_changes(stack):
     assert contents(stack, "fan02") == before
 
 
+def test_a_truncated_dump_is_refused_before_the_target_changes(stack, tmp_path):
+    run = back_up(stack, "hostile")
+    assert wait_for_verification(stack, run)["verifyState"] == "verified"
+    damage(stack, run["r2Key"], lambda dump: dump[: len(dump) * 2 // 3], tmp_path)
+    stack.d1_execute("fan02", "DROP TABLE IF EXISTS notes; CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); "
+                              "INSERT INTO notes VALUES (8, 'still here');")
+    before = contents(stack, "fan02")
+    r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan02", "dryRun": False, "confirm": "fan02"})
+    assert r.status == 202, r.body
+    op = stack.wait_for_operation(r.json()["operationId"])
+    assert op["state"] == "failed" and "nothing in the target was changed" in op["error"], op
+    assert contents(stack, "fan02") == before
+
+
+def test_an_altered_archive_member_is_refused_before_the_target_changes(stack):
+    # The week archived by test_a_weekly_archive_member_restores_into_an_empty_database.
+    night = dt.date.today() - dt.timedelta(days=21)
+    year, week, _ = night.isocalendar()
+    label = f"{year}-W{week:02d}"
+    archive = f"weekly/{label}.tar.gz"
+    stack.r2_flip_byte(archive, stack.r2_objects("weekly/")[archive]["size"] // 2)
+    stack.d1_execute("fan02", "DROP TABLE IF EXISTS notes; CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); "
+                              "INSERT INTO notes VALUES (9, 'untouched');")
+    before = contents(stack, "fan02")
+    r = stack.admin("POST", "/restore", {"backup": f"daily/{night.isoformat()}/chinook.sql", "week": label,
+                                         "target": "fan02", "dryRun": False, "confirm": "fan02"})
+    assert r.status == 202, r.body
+    op = stack.wait_for_operation(r.json()["operationId"])
+    assert op["state"] == "failed" and "nothing in the target was changed" in op["error"], op
+    assert contents(stack, "fan02") == before
+    assert stack.r2_objects("restore-staging/") == {}, "the extracted copy is deleted"
+
+
 def test_a_backup_of_a_database_being_restored_waits_for_the_restore(stack):
     # A restore into fan01 holds its lock (as a real restore does from its first step to its
     # end, which here would be over in a fraction of a second): held for it here.

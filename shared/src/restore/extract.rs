@@ -47,6 +47,13 @@ pub struct ExtractCheckpoint {
     step: u32,
 }
 
+impl ExtractCheckpoint {
+    /// The copy's upload so far (an open multipart upload once it outgrew one part).
+    pub fn upload(&self) -> &UploadProgress {
+        &self.upload
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExtractProgress {
     /// Continue from the checkpoint; `superseded` (the previous step's parked tail) can go once

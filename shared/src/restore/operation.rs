@@ -7,7 +7,7 @@ use super::extract::{extract_step, ArchivedDump, ExtractCheckpoint, ExtractProgr
 use super::verify::{verify_step, Expected, VerifyOutcome, VerifyPhase, VerifyProgress};
 use super::{restore_step, DumpObject, RestoreError, RestorePlan, RestoreProgress, RestoreReport, SqlTarget};
 use crate::dump::{SchemaObject, Sequence, StepBudget, TableCount};
-use crate::ports::{Clock, ObjectStore};
+use crate::ports::{Clock, ObjectStore, PortError};
 use crate::task::TaskError;
 use crate::upload::{UploadSpec, PART_SIZE};
 use serde::{Deserialize, Serialize};
@@ -64,16 +64,31 @@ impl OperationPlan {
         match &self.source {
             DumpSource::Archived(member) => {
                 let file = member.path.rsplit('/').next().unwrap_or("dump.sql");
-                Some(format!("restore-staging/{}/{file}", self.id))
+                Some(format!("{}{file}", self.staging_prefix()))
             }
             DumpSource::Stored(_) => None,
         }
     }
 
+    /// Where the operation keeps its objects (an archived dump's copy and its tails); cleared
+    /// when the operation ends.
+    pub fn staging_prefix(&self) -> String {
+        format!("restore-staging/{}/", self.id)
+    }
+
+    /// Frees what an operation that ended in `phase` leaves open: the multipart upload of a copy
+    /// out of an archive that did not finish.
+    pub async fn discard_extraction<O: ObjectStore>(&self, store: &mut O, phase: &OperationPhase) -> Result<(), PortError> {
+        if let (OperationPhase::Extracting(Some(checkpoint)), Some(key)) = (phase, self.extracted_key()) {
+            crate::upload::discard(store, &key, checkpoint.upload()).await?;
+        }
+        Ok(())
+    }
+
     fn extract_spec(&self) -> Option<UploadSpec> {
         Some(UploadSpec {
             key: self.extracted_key()?,
-            staging_prefix: format!("restore-staging/{}/tails/", self.id),
+            staging_prefix: format!("{}tails/", self.staging_prefix()),
             content_type: "application/octet-stream".into(),
             metadata: BTreeMap::from([("operation".to_string(), self.id.clone())]),
             part_size: PART_SIZE,
@@ -215,7 +230,8 @@ pub async fn operation_step<T: SqlTarget, O: ObjectStore, C: Clock>(
                 Ok(ExtractProgress::Done { superseded, .. }) => {
                     Ok(OperationProgress::Paused { phase: plan.after_extraction(), superseded })
                 }
-                Err(RestoreError::Dump { table, message }) => failed(table, message),
+                // Out of the archive before anything else: the target is untouched.
+                Err(RestoreError::Dump { table, message }) => failed(table, format!("{message}; nothing in the target was changed")),
                 Err(e) => Err(task_error(e)),
             }
         }
