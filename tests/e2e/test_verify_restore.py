@@ -224,34 +224,34 @@ def test_a_confirmed_restore_over_data_backs_the_target_up_first(stack):
     assert contents(stack, "fan02") == contents(stack, "hostile")
 
 
+def assert_refused_with_fan02_untouched(stack: Stack, request: dict) -> dict:
+    """A confirmed restore into fan02 (holding a note) that must fail before changing anything."""
+    stack.d1_execute("fan02", "DROP TABLE IF EXISTS notes; CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); "
+                              "INSERT INTO notes VALUES (7, 'precious');")
+    before = contents(stack, "fan02")
+    r = stack.admin("POST", "/restore", {**request, "target": "fan02", "dryRun": False, "confirm": "fan02"})
+    assert r.status == 202, r.body
+    op = stack.wait_for_operation(r.json()["operationId"])
+    assert op["state"] == "failed" and "nothing in the target was changed" in op["error"], op
+    assert contents(stack, "fan02") == before
+    assert stack.r2_objects(f"restore-staging/{op['id']}/") == {}, "nothing of the operation is left"
+    return op
+
+
 def test_a_dump_damaged_on_disk_is_refused_before_the_target_changes(stack):
     run = back_up(stack, "hostile")
     assert wait_for_verification(stack, run)["verifyState"] == "verified"
     # Bit rot after the verification: one byte of the stored object, in place.
     stack.r2_flip_byte(run["r2Key"], run["bytes"] // 2)
-    stack.d1_execute("fan02", "DROP TABLE IF EXISTS notes; CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); "
-                              "INSERT INTO notes VALUES (7, 'precious');")
-    before = contents(stack, "fan02")
-    r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan02", "dryRun": False, "confirm": "fan02"})
-    assert r.status == 202, r.body
-    op = stack.wait_for_operation(r.json()["operationId"])
-    assert op["state"] == "failed", op
-    assert "SHA-256" in op["error"] and "nothing in the target was changed" in op["error"], op
-    assert contents(stack, "fan02") == before
+    op = assert_refused_with_fan02_untouched(stack, {"backup": run["r2Key"]})
+    assert "SHA-256" in op["error"], op
 
 
 def test_a_truncated_dump_is_refused_before_the_target_changes(stack, tmp_path):
     run = back_up(stack, "hostile")
     assert wait_for_verification(stack, run)["verifyState"] == "verified"
     damage(stack, run["r2Key"], lambda dump: dump[: len(dump) * 2 // 3], tmp_path)
-    stack.d1_execute("fan02", "DROP TABLE IF EXISTS notes; CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); "
-                              "INSERT INTO notes VALUES (8, 'still here');")
-    before = contents(stack, "fan02")
-    r = stack.admin("POST", "/restore", {"backup": run["r2Key"], "target": "fan02", "dryRun": False, "confirm": "fan02"})
-    assert r.status == 202, r.body
-    op = stack.wait_for_operation(r.json()["operationId"])
-    assert op["state"] == "failed" and "nothing in the target was changed" in op["error"], op
-    assert contents(stack, "fan02") == before
+    assert_refused_with_fan02_untouched(stack, {"backup": run["r2Key"]})
 
 
 def test_an_altered_archive_member_is_refused_before_the_target_changes(stack):
@@ -261,16 +261,7 @@ def test_an_altered_archive_member_is_refused_before_the_target_changes(stack):
     label = f"{year}-W{week:02d}"
     archive = f"weekly/{label}.tar.gz"
     stack.r2_flip_byte(archive, stack.r2_objects("weekly/")[archive]["size"] // 2)
-    stack.d1_execute("fan02", "DROP TABLE IF EXISTS notes; CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); "
-                              "INSERT INTO notes VALUES (9, 'untouched');")
-    before = contents(stack, "fan02")
-    r = stack.admin("POST", "/restore", {"backup": f"daily/{night.isoformat()}/chinook.sql", "week": label,
-                                         "target": "fan02", "dryRun": False, "confirm": "fan02"})
-    assert r.status == 202, r.body
-    op = stack.wait_for_operation(r.json()["operationId"])
-    assert op["state"] == "failed" and "nothing in the target was changed" in op["error"], op
-    assert contents(stack, "fan02") == before
-    assert stack.r2_objects("restore-staging/") == {}, "the extracted copy is deleted"
+    assert_refused_with_fan02_untouched(stack, {"backup": f"daily/{night.isoformat()}/chinook.sql", "week": label})
 
 
 def test_a_backup_of_a_database_being_restored_waits_for_the_restore(stack):
