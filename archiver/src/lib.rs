@@ -117,15 +117,15 @@ impl StepBody for ArchiveTask<'_> {
         TaskKind::Archive
     }
 
-    fn task_id(&self) -> String {
-        self.job.id.clone()
+    fn task(&self) -> TaskRecord {
+        self.job.task()
     }
 
     fn label(&self) -> String {
         self.label.clone()
     }
 
-    async fn run(&mut self, db: &D1Database, _task: &TaskRecord, lease: &Lease) -> std::result::Result<StepOutcome, TaskError> {
+    async fn run(&mut self, db: &D1Database, lease: &Lease) -> std::result::Result<StepOutcome, TaskError> {
         let job = &self.job;
         let week = IsoWeek::parse(&job.week).ok_or_else(|| TaskError::permanent(format!("job week {:?} is invalid", job.week)))?;
         let checkpoint = match job.checkpoint.as_deref() {

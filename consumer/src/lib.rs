@@ -235,15 +235,15 @@ impl StepBody for BackupTask<'_> {
         TaskKind::Backup
     }
 
-    fn task_id(&self) -> String {
-        self.run.id.clone()
+    fn task(&self) -> TaskRecord {
+        self.run.task()
     }
 
     fn label(&self) -> String {
         label(&self.msg)
     }
 
-    async fn run(&mut self, db: &D1Database, _task: &TaskRecord, lease: &Lease) -> std::result::Result<StepOutcome, TaskError> {
+    async fn run(&mut self, db: &D1Database, lease: &Lease) -> std::result::Result<StepOutcome, TaskError> {
         let label = format!("{} step {}", label(&self.msg), lease.step);
         // Never while a restore rewrites the database: the backup would mix its states.
         let lock = tasks::database_lock(Some(&self.msg.database));

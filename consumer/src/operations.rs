@@ -182,15 +182,15 @@ impl StepBody for OperationTask<'_> {
         TaskKind::Operation
     }
 
-    fn task_id(&self) -> String {
-        self.op.id.clone()
+    fn task(&self) -> TaskRecord {
+        self.op.task()
     }
 
     fn label(&self) -> String {
         self.label.clone()
     }
 
-    async fn run(&mut self, db: &D1Database, _task: &TaskRecord, lease: &Lease) -> std::result::Result<StepOutcome, TaskError> {
+    async fn run(&mut self, db: &D1Database, lease: &Lease) -> std::result::Result<StepOutcome, TaskError> {
         // A restore over data waits for the backup of its target.
         if let (0, Some(job_id)) = (lease.step, self.op.pre_backup_job_id.as_deref()) {
             let job_id = Uuid::parse_str(job_id).map_err(|e| TaskError::permanent(format!("pre-backup job id: {e}")))?;

@@ -100,9 +100,20 @@ pub struct ArchiveJobView {
     pub finished_at: Option<String>,
     #[serde(skip_serializing)]
     pub checkpoint: Option<String>,
+    /// The task engine's lease (see `tasks::task_record`); internal.
+    #[serde(default, skip_serializing)]
+    pub lease_owner: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub lease_until: Option<String>,
 }
 
 impl ArchiveJobView {
+    /// The job as a task of the engine.
+    pub fn task(&self) -> shared::task::TaskRecord {
+        let (owner, until) = (self.lease_owner.as_deref(), self.lease_until.as_deref());
+        crate::tasks::task_record(&self.id, self.state, self.step, self.attempts, self.failures, owner, until)
+    }
+
     /// The API's view: a job like backup jobs (`jobId`, `kind`, `status`) with the archive.
     pub fn to_json(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).unwrap_or_default();
@@ -124,7 +135,7 @@ impl ArchiveJobView {
 
 const ARCHIVE_JOB_COLUMNS: &str = "id, week, trigger, state, outcome, attempts, failures, step, r2_key, bytes, sha256, \
                                    members, excluded, cleanup, error, requested_at, queued_at, started_at, \
-                                   finished_at, checkpoint";
+                                   finished_at, checkpoint, lease_owner, lease_until";
 
 pub async fn get_archive_job(db: &D1Database, id: &Uuid) -> Result<Option<ArchiveJobView>> {
     statement(

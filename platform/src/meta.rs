@@ -205,6 +205,13 @@ pub struct RunView {
     /// Where the next step resumes; internal, never shown by the API.
     #[serde(skip_serializing)]
     pub checkpoint: Option<String>,
+    /// The task engine's columns (see `tasks::task_record`); internal.
+    #[serde(default, skip_serializing)]
+    pub failures: u32,
+    #[serde(default, skip_serializing)]
+    pub lease_owner: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub lease_until: Option<String>,
     /// The dump's latest verification: `pending`, `verifying`, `verified`, `verify_failed` or
     /// `skipped` (`None` before the dump exists, or for dumps older than verification).
     #[serde(default)]
@@ -225,6 +232,14 @@ pub struct RunView {
     /// Every delivery of every step, oldest first.
     #[serde(default)]
     pub history: Vec<AttemptView>,
+}
+
+impl RunView {
+    /// The run as a task of the engine.
+    pub fn task(&self) -> shared::task::TaskRecord {
+        let (owner, until) = (self.lease_owner.as_deref(), self.lease_until.as_deref());
+        crate::tasks::task_record(&self.id, self.state, self.step, self.attempts, self.failures, owner, until)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -268,8 +283,9 @@ pub struct JobView {
 }
 
 const RUN_COLUMNS: &str = "id, database, state, attempts, r2_key, bytes, rows, tables, sha256, error, \
-                           queued_at, started_at, finished_at, step, bookmark, checkpoint, verify_state, \
-                           verify_operation, verify_table, verify_detail, verify_ms, verified_at";
+                           queued_at, started_at, finished_at, step, bookmark, checkpoint, failures, lease_owner, \
+                           lease_until, verify_state, verify_operation, verify_table, verify_detail, verify_ms, \
+                           verified_at";
 
 async fn job_view(db: &D1Database, job: JobRow) -> Result<JobView> {
     let runs: Vec<RunView> = statement(

@@ -120,11 +120,22 @@ pub struct OperationView {
     pub plan: String,
     #[serde(skip_serializing)]
     pub checkpoint: Option<String>,
+    /// The task engine's lease (see `tasks::task_record`); internal.
+    #[serde(default, skip_serializing)]
+    pub lease_owner: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub lease_until: Option<String>,
 }
 
 impl OperationView {
     pub fn plan(&self) -> std::result::Result<OperationPlan, String> {
         serde_json::from_str(&self.plan).map_err(|e| format!("unreadable operation plan: {e}"))
+    }
+
+    /// The operation as a task of the engine.
+    pub fn task(&self) -> shared::task::TaskRecord {
+        let (owner, until) = (self.lease_owner.as_deref(), self.lease_until.as_deref());
+        crate::tasks::task_record(&self.id, self.state, self.step, self.attempts, self.failures, owner, until)
     }
 
     /// The API's view, with the outcome parsed.
@@ -140,7 +151,7 @@ impl OperationView {
 
 const COLUMNS: &str = "id, kind, state, source_key, database, run_id, archive_key, target, table_name, \
                        pre_backup_job_id, step, attempts, failures, outcome, failed_table, error, requested_at, \
-                       started_at, finished_at, plan, checkpoint";
+                       started_at, finished_at, plan, checkpoint, lease_owner, lease_until";
 
 pub async fn get_operation(db: &D1Database, id: &str) -> Result<Option<OperationView>> {
     statement(db, &format!("SELECT {COLUMNS} FROM operations WHERE id = ?1"), &[text(id)])?.first(None).await

@@ -12,38 +12,33 @@ use shared::config::Settings;
 use shared::message::{ArchiveMessage, BackupMessage, OperationMessage};
 use shared::ports::PortError;
 use shared::task::{
-    acquire_sql, admit, checkpoint_sql, dead_sql, due_sql, finish_sql, parse_timestamp, postpone_sql, record_sql,
+    acquire_sql, admit, checkpoint_sql, dead_sql, due_sql, finish_sql, parse_timestamp, postpone_sql,
     resent_sql, retry_sql, task_fence_sql, Admission, Lease, TaskError, TaskKind, TaskPolicy, TaskRecord, TaskState,
     Verdict, FENCE_RELEASE_SQL,
 };
 use uuid::Uuid;
 use worker::{console_error, console_log, D1Database, D1PreparedStatement, D1Result, Env, MessageBuilder, Result};
 
-/// The engine's columns of a task.
-pub async fn record(db: &D1Database, kind: TaskKind, id: &str) -> Result<Option<TaskRecord>> {
-    #[derive(Deserialize)]
-    struct Row {
-        id: String,
-        state: String,
-        step: u32,
-        attempts: u32,
-        failures: u32,
-        lease_owner: Option<String>,
-        lease_until: Option<String>,
-    }
-    let row: Option<Row> = statement(db, &record_sql(kind), &[text(id)])?.first(None).await?;
-    let Some(row) = row else { return Ok(None) };
-    let state = TaskState::parse(&row.state)
-        .ok_or_else(|| worker::Error::RustError(format!("{} {id} has an unknown state {:?}", kind.as_str(), row.state)))?;
-    Ok(Some(TaskRecord {
-        id: row.id,
+/// The engine's columns of a task, as a worker read them with the rest of its row (one read
+/// per delivery: the row the step body works from).
+pub fn task_record(
+    id: &str,
+    state: TaskState,
+    step: u32,
+    attempts: u32,
+    failures: u32,
+    lease_owner: Option<&str>,
+    lease_until: Option<&str>,
+) -> TaskRecord {
+    TaskRecord {
+        id: id.to_owned(),
         state,
-        step: row.step,
-        attempts: row.attempts,
-        failures: row.failures,
-        lease_owner: row.lease_owner,
-        lease_until: row.lease_until.as_deref().and_then(parse_timestamp),
-    }))
+        step,
+        attempts,
+        failures,
+        lease_owner: lease_owner.map(str::to_owned),
+        lease_until: lease_until.and_then(parse_timestamp),
+    }
 }
 
 /// Takes the lease of step `step` of task `id` for delivery `owner`: the new fencing token, or
@@ -195,11 +190,12 @@ pub enum StepOutcome {
 /// The kind-specific side of a task: its step and what its failures and death record.
 pub trait StepBody {
     fn kind(&self) -> TaskKind;
-    fn task_id(&self) -> String;
+    /// The task as read with the row the body works from (see [`task_record`]).
+    fn task(&self) -> TaskRecord;
     /// How the task is named in logs.
     fn label(&self) -> String;
     /// Runs one step under `lease`; every write goes through [`commit`] with `lease`.
-    async fn run(&mut self, db: &D1Database, task: &TaskRecord, lease: &Lease) -> std::result::Result<StepOutcome, TaskError>;
+    async fn run(&mut self, db: &D1Database, lease: &Lease) -> std::result::Result<StepOutcome, TaskError>;
     /// Rows written with a failed attempt, in its fenced batch (history, the alert of a death).
     fn failure_statements(
         &self,
@@ -238,17 +234,7 @@ pub async fn deliver<B: StepBody>(db: &D1Database, settings: &Settings, body: &m
     let kind = body.kind();
     let policy = settings.task_policy(kind);
     let now = crate::now();
-    let task = match record(db, kind, &body.task_id()).await {
-        Ok(Some(task)) => task,
-        Ok(None) => {
-            console_error!("{label}: no such {} recorded; dropping the message", kind.as_str());
-            return Disposition::Ack;
-        }
-        Err(e) => {
-            console_error!("{label}: reading the task failed: {e}");
-            return Disposition::RetryIn(UNREADABLE_TASK_RETRY_SECONDS);
-        }
-    };
+    let task = body.task();
     match admit(&task, step, owner, now) {
         Admission::Work => {}
         other => {
@@ -268,7 +254,7 @@ pub async fn deliver<B: StepBody>(db: &D1Database, settings: &Settings, body: &m
         }
     };
     let label = format!("{label} attempt {} (token {})", lease.attempt, lease.token);
-    let error = match body.run(db, &task, &lease).await {
+    let error = match body.run(db, &lease).await {
         Ok(StepOutcome::Continued) => {
             // The checkpoint is recorded: a lost send strands nothing, the sweeper re-sends it.
             if let Err(e) = body.send(step + 1, 0).await {

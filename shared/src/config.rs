@@ -145,9 +145,9 @@ pub struct ExportLimits {
 impl ExportLimits {
     pub const DEFAULT: ExportLimits =
         ExportLimits { max_queries: 900, max_megabytes: 1024, max_seconds: 60, rows_per_query: 5000 };
-    /// Queries the consumer keeps for itself in every invocation: reading the run and its task
-    /// record, taking the lease and the database's lock, and the fenced batch that saves the
-    /// checkpoint (fence, checkpoint, attempt, fence released).
+    /// Queries the consumer keeps for itself in every invocation: reading the run, taking the
+    /// lease and the database's lock, and the fenced batch that saves the checkpoint (fence,
+    /// checkpoint, attempt, fence released), with one to spare.
     pub const BOOKKEEPING_QUERIES: u32 = 8;
     /// The smallest workable query budget: bookkeeping plus two reads of the source.
     pub const MIN_QUERIES: u32 = Self::BOOKKEEPING_QUERIES + 2;

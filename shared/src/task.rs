@@ -278,14 +278,6 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
 
 const FINAL_STATES: &str = "('succeeded', 'failed', 'dead')";
 
-/// The engine's columns of `kind`'s table, in [`TaskRecord`] order.
-pub fn record_sql(kind: TaskKind) -> String {
-    format!(
-        "SELECT id, state, step, attempts, failures, lease_owner, lease_until FROM {} WHERE id = ?1",
-        kind.table()
-    )
-}
-
 /// Takes the lease of task `?1` at step `?2` for delivery `?3` until `?4`, at `?5`: counts the
 /// attempt and increments the fencing token. Returns the new token and the step's failures so
 /// far (no row: the task ended, moved on, or another delivery holds it).
