@@ -73,6 +73,8 @@ tools:
 	@worker-build --version 2>/dev/null | grep -qx "$(WORKER_BUILD_VERSION)" || \
 	  cargo install worker-build --version "=$(WORKER_BUILD_VERSION)" --locked
 	@command -v sqlite3 >/dev/null || { apt-get update -qq && apt-get install -y -qq sqlite3; }
+	@# Debian's age: the tests decrypt encrypted backups with it, as a user would.
+	@command -v age >/dev/null || { apt-get update -qq && apt-get install -y -qq age; }
 	@# Debian's chromium, driven headless by playwright-core (npm) in the dashboard test.
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 

@@ -93,6 +93,8 @@ item = {
     "properties": {
         "key": {"type": "string"}, "kind": {"enum": ["daily", "manual", "weekly"]},
         "database": NULLABLE_STR, "date": DATE, "bytes": {"type": "integer"}, "sha256": {"type": "string"},
+        # Set for an encrypted backup (.age) only: the SHA-256 of what `age -d` gives back.
+        "plaintextSha256": NULLABLE_STR,
         "rows": {"type": "integer"}, "tables": NULLABLE_INT, "createdAt": {"type": "string"},
         "bookmark": NULLABLE_STR, "deletedAt": NULLABLE_STR, "deleteReason": NULLABLE_STR,
         "verifyState": VERIFY_STATE, "verifyTable": NULLABLE_STR, "verifyDetail": NULLABLE_STR, "verifiedAt": NULLABLE_STR,

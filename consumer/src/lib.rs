@@ -21,7 +21,7 @@ use platform::r2_store::R2Store;
 use platform::tasks::{self, meta_error, Disposition, StepBody, StepOutcome};
 use platform::{bindings, config, now};
 use shared::backup::{backup_step, discard, BackupCheckpoint, BackupProgress, BackupTarget, PART_SIZE};
-use shared::config::{RetryPolicy, Settings};
+use shared::config::{DatabaseConfig, RetryPolicy, Settings};
 use shared::faults::{Fault, FaultStage, FaultySource, FaultyStore};
 use shared::keys::BackupKey;
 use shared::message::BackupMessage;
@@ -208,7 +208,8 @@ impl BackupTask<'_> {
 impl BackupTask<'_> {
     /// After losing the lease: frees what this delivery wrote that the holder's checkpoint
     /// does not use. A first step opened an upload of its own; any step parked its own tail
-    /// (tails are named by their content, so the holder's is never this one unless identical).
+    /// (tails are named by their content, so the holder's is never this one unless identical)
+    /// and, encrypting, its own unfinished chunk (named by a fresh nonce).
     async fn leave_nothing_behind(&self, db: &D1Database, store: &mut R2Store, lease: &Lease, mine: &BackupCheckpoint, label: &str) {
         let recorded = match meta::find_run(db, &self.msg.job_id, &self.msg.database).await {
             Ok(run) => run.and_then(|r| r.checkpoint).and_then(|j| serde_json::from_str::<BackupCheckpoint>(&j).ok()),
@@ -222,9 +223,10 @@ impl BackupTask<'_> {
                 }
             }
         }
-        if let Some(tail) = &mine.upload.tail_key {
-            if theirs.and_then(|u| u.tail_key.as_ref()) != Some(tail) {
-                delete_staging(store, Some(tail)).await;
+        let held = theirs.map(|u| u.staged_keys()).unwrap_or_default();
+        for parked in mine.upload.staged_keys() {
+            if !held.contains(&parked) {
+                delete_staging(store, &parked).await;
             }
         }
     }
@@ -258,14 +260,14 @@ impl StepBody for BackupTask<'_> {
             }
             (None, step) => return Err(TaskError::permanent(format!("step {step} has no checkpoint to resume from"))),
         };
-        let target = match &checkpoint {
-            Some(c) => c.target.clone(),
-            None => first_target(&self.msg, &self.run, self.settings.export.rows_per_query)?,
-        };
         let database = self
             .settings
             .database(&self.msg.database)
             .ok_or_else(|| TaskError::permanent(format!("database {:?} is not configured", self.msg.database)))?;
+        let target = match &checkpoint {
+            Some(c) => c.target.clone(),
+            None => first_target(&self.msg, &self.run, database, self.settings.export.rows_per_query)?,
+        };
         let source_db =
             self.env.d1(&database.binding).map_err(|e| TaskError::permanent(format!("binding {}: {e}", database.binding)))?;
         let bookmark = checkpoint.as_ref().and_then(|c| c.bookmark().map(str::to_owned));
@@ -296,7 +298,9 @@ impl StepBody for BackupTask<'_> {
                     }
                     return Err(e.context("saving the checkpoint"));
                 }
-                delete_staging(&mut store.inner, superseded.as_deref()).await;
+                for key in &superseded {
+                    delete_staging(&mut store.inner, key).await;
+                }
                 console_log!(
                     "{label}: paused after {} parts; continuing in step {}; wasm memory {} MiB",
                     next.upload.parts.len(),
@@ -393,9 +397,21 @@ async fn discard_upload(env: &Env, run: &RunView, label: &str) {
 }
 
 /// What the first step of a run writes where; later steps take it from the checkpoint.
-fn first_target(msg: &BackupMessage, run: &RunView, rows_per_query: u32) -> std::result::Result<BackupTarget, TaskError> {
-    // The key was decided when the job was created (it says whether the dump is gzipped).
+fn first_target(
+    msg: &BackupMessage,
+    run: &RunView,
+    database: &DatabaseConfig,
+    rows_per_query: u32,
+) -> std::result::Result<BackupTarget, TaskError> {
+    // The key was decided when the job was created (it says whether the dump is gzipped and
+    // whether it is encrypted).
     let key = BackupKey::parse(&run.r2_key).ok_or_else(|| TaskError::permanent(format!("run has an unexpected key {}", run.r2_key)))?;
+    if key.encrypted && !database.encrypted() {
+        return Err(TaskError::permanent(format!(
+            "{} is to be encrypted but database {:?} no longer has recipients configured",
+            run.r2_key, database.name
+        )));
+    }
     let metadata = BTreeMap::from([
         ("database".to_string(), msg.database.clone()),
         ("job".to_string(), msg.job_id.to_string()),
@@ -413,16 +429,15 @@ fn first_target(msg: &BackupMessage, run: &RunView, rows_per_query: u32) -> std:
         part_size: PART_SIZE,
         started_at: now(),
         rows_per_query,
+        recipients: if key.encrypted { database.recipients.clone() } else { Vec::new() },
     })
 }
 
 /// Staging objects are only ever read by the step after the one that wrote them; once a newer
 /// checkpoint is recorded, deleting one is housekeeping, and a failure only leaves litter.
-async fn delete_staging(store: &mut R2Store, key: Option<&str>) {
-    if let Some(key) = key {
-        if let Err(e) = store.delete(key).await {
-            console_error!("could not delete staging object {key}: {e}");
-        }
+async fn delete_staging(store: &mut R2Store, key: &str) {
+    if let Err(e) = store.delete(key).await {
+        console_error!("could not delete staging object {key}: {e}");
     }
 }
 

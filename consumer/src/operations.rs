@@ -54,7 +54,9 @@ async fn try_start_verification(
     summary: &BackupSummary,
 ) -> Result<()> {
     let has_scratch = env.d1(bindings::VERIFY_DB).is_ok();
-    let skip = settings.operation.skip_reason(settings.database(database), has_scratch, summary.bytes);
+    let dump = DumpObject::named(&summary.key, &summary.sha256);
+    let readable = !dump.encrypted || settings.age_identity.is_some();
+    let skip = settings.operation.skip_reason(settings.database(database), has_scratch, readable, summary.bytes);
     if let Some(reason) = skip {
         console_log!("run {run_id}: not verified: {reason}");
         return operations::skip_verification(meta_db, run_id, &reason).await;
@@ -62,17 +64,14 @@ async fn try_start_verification(
     let plan = OperationPlan {
         id: Uuid::new_v4().to_string(),
         kind: OperationKind::Verify,
-        source: DumpSource::Stored(DumpObject {
-            key: summary.key.clone(),
-            gzip: summary.key.ends_with(".gz"),
-            sha256: summary.sha256.clone(),
-        }),
+        source: DumpSource::Stored(dump),
         table: None,
         expected: summary.tables.clone(),
         expected_schema: summary.schema.clone(),
         expected_sequences: summary.sequences.clone(),
         fault: None,
         rows_per_query: settings.export.rows_per_query,
+        identity: None,
     };
     let op = operations::NewOperation {
         plan: &plan,
@@ -167,13 +166,44 @@ impl OperationTask<'_> {
         let job = meta::get_job(db, &job_id).await.map_err(meta_error)?;
         let run = job.and_then(|j| j.runs.into_iter().next()).filter(|r| r.state == TaskState::Succeeded);
         match run {
-            Some(run) => Ok(Rollback::Restore(DumpObject {
-                gzip: run.r2_key.ends_with(".gz"),
-                sha256: run.sha256.unwrap_or_default(),
-                key: run.r2_key,
-            })),
+            Some(run) => Ok(Rollback::Restore(
+                DumpObject::named(&run.r2_key, &run.sha256.unwrap_or_default()).with_identity(self.settings.age_identity.as_ref()),
+            )),
             None => Err(TaskError::permanent(format!("the backup of the target taken first (job {job_id}) is not there to roll back to"))),
         }
+    }
+}
+
+impl OperationTask<'_> {
+    /// Why this consumer cannot do the operation at all, before it starts: an encrypted dump,
+    /// or an encrypted backup of the target to roll back to, and no `AGE_IDENTITY` to read it.
+    async fn unreadable(&self, db: &D1Database, plan: &OperationPlan) -> std::result::Result<Option<String>, TaskError> {
+        if self.settings.age_identity.is_some() {
+            return Ok(None);
+        }
+        let dump_encrypted = match &plan.source {
+            DumpSource::Stored(dump) => dump.encrypted,
+            DumpSource::Archived(member) => member.path.ends_with(".age"),
+        };
+        if dump_encrypted {
+            return Ok(Some(format!(
+                "{} is encrypted and this consumer has no AGE_IDENTITY secret to read it; nothing in the target was changed. \
+                 Restore it offline: age -d -i key.txt, then wrangler d1 execute --file (see /restore-guide)",
+                self.op.source_key
+            )));
+        }
+        if self.op.pre_backup_job_id.is_some() {
+            if let Rollback::Restore(pre) = self.rollback(db).await? {
+                if pre.encrypted {
+                    return Ok(Some(format!(
+                        "the backup of the target taken first ({}) is encrypted and this consumer has no AGE_IDENTITY \
+                         secret to roll back with if the restore failed; nothing in the target was changed",
+                        pre.key
+                    )));
+                }
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -213,7 +243,13 @@ impl StepBody for OperationTask<'_> {
             return Ok(StepOutcome::Wait(tasks::LOCK_WAIT_SECONDS));
         }
 
-        let plan = self.op.plan().map_err(TaskError::permanent)?;
+        let mut plan = self.op.plan().map_err(TaskError::permanent)?;
+        plan.identity = self.settings.age_identity.clone();
+        if lease.step == 0 {
+            if let Some(message) = self.unreadable(db, &plan).await? {
+                return self.finish(db, lease, OperationOutcome::Refused { message }).await;
+            }
+        }
         let phase = match &self.op.checkpoint {
             Some(json) => serde_json::from_str(json).map_err(|e| TaskError::permanent(format!("unreadable checkpoint: {e}")))?,
             None => plan.start(),

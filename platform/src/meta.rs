@@ -474,12 +474,13 @@ pub fn backup_statements(
         statement(
             db,
             "INSERT INTO backups (key, database, kind, date, run_id, bytes, sha256, tables, rows, created_at, bookmark, \
-               schema, sequences) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+               schema, sequences, plaintext_sha256) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
              ON CONFLICT (key) DO UPDATE SET run_id = excluded.run_id, bytes = excluded.bytes, \
                sha256 = excluded.sha256, tables = excluded.tables, rows = excluded.rows, \
                created_at = excluded.created_at, bookmark = excluded.bookmark, schema = excluded.schema, \
-               sequences = excluded.sequences, deleted_at = NULL, delete_reason = NULL",
+               sequences = excluded.sequences, plaintext_sha256 = excluded.plaintext_sha256, \
+               deleted_at = NULL, delete_reason = NULL",
             &[
                 text(&r2_key),
                 text(&key.database),
@@ -494,6 +495,7 @@ pub fn backup_statements(
                 bookmark,
                 text(&serde_json::to_string(&summary.schema).unwrap_or_default()),
                 text(&serde_json::to_string(&summary.sequences).unwrap_or_default()),
+                opt_text(summary.plaintext_sha256.as_deref()),
             ],
         )?,
         statement(db, "DELETE FROM backup_tables WHERE key = ?1", &[text(&r2_key)])?,

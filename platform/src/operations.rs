@@ -357,7 +357,7 @@ pub async fn resolve_backup(
         bytes: row.bytes,
         rows: row.rows,
         tables: row.tables,
-        source: DumpSource::Stored(DumpObject { gzip: row.key.ends_with(".gz"), key: row.key, sha256: row.sha256 }),
+        source: DumpSource::Stored(DumpObject::named(&row.key, &row.sha256)),
         archive_key: None,
         verify_state: row.verify_state,
         verify_detail: row.verify_detail,

@@ -21,6 +21,9 @@ pub struct InventoryItem {
     pub date: String,
     pub bytes: u64,
     pub sha256: String,
+    /// For an encrypted backup (`.age`), the SHA-256 of its plaintext (what `age -d` gives
+    /// back); `None` for every other object.
+    pub plaintext_sha256: Option<String>,
     /// Rows in a backup; members in a weekly archive.
     pub rows: u64,
     pub tables: Option<u64>,
@@ -46,12 +49,12 @@ pub struct InventoryPage {
     pub next_cursor: Option<String>,
 }
 
-const INVENTORY: &str = "SELECT b.key, b.kind, b.database, b.date, b.bytes, b.sha256, b.rows, b.tables, b.created_at, \
-                           b.bookmark, b.deleted_at, b.delete_reason, r.verify_state, r.verify_table, r.verify_detail, \
-                           r.verified_at \
+const INVENTORY: &str = "SELECT b.key, b.kind, b.database, b.date, b.bytes, b.sha256, b.plaintext_sha256, b.rows, \
+                           b.tables, b.created_at, b.bookmark, b.deleted_at, b.delete_reason, r.verify_state, \
+                           r.verify_table, r.verify_detail, r.verified_at \
                          FROM backups AS b LEFT JOIN runs AS r ON r.id = b.run_id \
                          UNION ALL \
-                         SELECT key, 'weekly', NULL, date, bytes, sha256, members, NULL, created_at, NULL, \
+                         SELECT key, 'weekly', NULL, date, bytes, sha256, NULL, members, NULL, created_at, NULL, \
                            deleted_at, delete_reason, NULL, NULL, NULL, NULL FROM archives";
 
 /// A page of the inventory, newest first (by date, then key), by keyset.
@@ -112,6 +115,7 @@ pub async fn guide_backup(db: &D1Database, database: &str, date: Option<&str>) -
         kind: String,
         date: String,
         sha256: String,
+        plaintext_sha256: Option<String>,
         bytes: u64,
         rows: u64,
         bookmark: Option<String>,
@@ -120,13 +124,13 @@ pub async fn guide_backup(db: &D1Database, database: &str, date: Option<&str>) -
     let row: Option<Row> = match date {
         Some(date) => statement(
             db,
-            "SELECT key, kind, date, sha256, bytes, rows, bookmark, created_at FROM backups \
+            "SELECT key, kind, date, sha256, plaintext_sha256, bytes, rows, bookmark, created_at FROM backups \
              WHERE database = ?1 AND date = ?2 AND kind = 'daily' AND deleted_at IS NULL",
             &[text(database), text(date)],
         )?,
         None => statement(
             db,
-            "SELECT key, kind, date, sha256, bytes, rows, bookmark, created_at FROM backups \
+            "SELECT key, kind, date, sha256, plaintext_sha256, bytes, rows, bookmark, created_at FROM backups \
              WHERE database = ?1 AND deleted_at IS NULL ORDER BY date DESC, created_at DESC LIMIT 1",
             &[text(database)],
         )?,
@@ -153,6 +157,7 @@ pub async fn guide_backup(db: &D1Database, database: &str, date: Option<&str>) -
         kind: row.kind,
         date: row.date,
         sha256: row.sha256,
+        plaintext_sha256: row.plaintext_sha256,
         bytes: row.bytes,
         rows: row.rows,
         bookmark: row.bookmark,

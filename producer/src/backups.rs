@@ -110,8 +110,10 @@ pub(crate) async fn enqueue_job(
         .databases
         .iter()
         .map(|db| {
-            let gzip = settings.database(db).is_some_and(|c| c.gzip);
-            BackupKey::for_run(kind, requested_at.date_naive(), job_id, db).gzipped(gzip)
+            let config = settings.database(db);
+            BackupKey::for_run(kind, requested_at.date_naive(), job_id, db)
+                .gzipped(config.is_some_and(|c| c.gzip))
+                .encrypted(config.is_some_and(|c| c.encrypted()))
         })
         .collect();
     let reason = plan.reason.as_deref();

@@ -33,6 +33,8 @@ fn plan(settings: &Settings, id: &str, kind: OperationKind, backup: &ResolvedBac
         expected_sequences: backup.sequences.clone(),
         rows_per_query: settings.export.rows_per_query,
         fault: None,
+        // The consumer holds the key (if any) and sets it for each step.
+        identity: None,
     })
 }
 

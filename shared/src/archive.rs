@@ -2,7 +2,8 @@
 //! steps as its budgets need.
 //!
 //! The archive is a POSIX (ustar) tar, gzip-compressed, with members `YYYY-MM-DD/<db>.sql` (or
-//! `.sql.gz` for a database stored gzipped: members are the dailies byte for byte) and a last
+//! `.sql.gz`, `.sql.age`, `.sql.gz.age` as the daily is stored: members are the dailies byte
+//! for byte, so an encrypted daily stays encrypted inside the archive) and a last
 //! member `manifest.json` listing every member and every daily left out.
 //!
 //! Dailies are read from the store a bounded range at a time and streamed through a
@@ -40,7 +41,7 @@ pub struct ArchiveMember {
     pub date: NaiveDate,
     /// The daily's R2 key.
     pub source_key: String,
-    /// Its path inside the archive: `YYYY-MM-DD/<db>.sql` (or `.sql.gz`).
+    /// Its path inside the archive: `YYYY-MM-DD/<db>.sql` (or `.sql.gz`, either with `.age`).
     pub path: String,
     pub bytes: u64,
     pub sha256: String,
@@ -91,6 +92,7 @@ impl ArchivePlan {
             metadata,
             part_size: self.part_size,
             gzip: true,
+            recipients: Vec::new(),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! The steps of an export are byte for byte the dump a single step would write; with gzip,
 //! each step writes one gzip member, and gzip readers join members into the same SQL.
 
+use crate::age::Recipient;
 use crate::dump::{SchemaObject, Sequence, export_step, DumpError, DumpOptions, ExportCursor, ExportProgress, ExportTotals, StepBudget, TableCount};
 use crate::ports::{Clock, ObjectStore, PortError, SqlSource};
 use crate::upload::{self, StreamingUpload, UploadProgress, UploadSpec};
@@ -33,14 +34,18 @@ pub struct BackupTarget {
     /// The header's creation time.
     pub started_at: DateTime<Utc>,
     pub rows_per_query: u32,
+    /// Encrypt the dump to these age recipients (only the first step reads them: later steps
+    /// continue the encryption from the checkpoint).
+    #[serde(default)]
+    pub recipients: Vec<Recipient>,
 }
 
 impl BackupTarget {
     pub fn content_type(&self) -> &'static str {
-        if self.gzip {
-            "application/gzip"
-        } else {
-            "application/sql; charset=utf-8"
+        match (self.gzip, self.recipients.is_empty()) {
+            (_, false) => "application/octet-stream",
+            (true, true) => "application/gzip",
+            (false, true) => "application/sql; charset=utf-8",
         }
     }
 
@@ -52,6 +57,7 @@ impl BackupTarget {
             metadata: self.metadata.clone(),
             part_size: self.part_size,
             gzip: self.gzip,
+            recipients: self.recipients.clone(),
         }
     }
 
@@ -105,6 +111,8 @@ pub struct BackupSummary {
     pub bytes: u64,
     /// Lowercase hex SHA-256 of the stored object.
     pub sha256: String,
+    /// For an encrypted dump, the SHA-256 of its plaintext (what `age -d` gives back).
+    pub plaintext_sha256: Option<String>,
     pub steps: u32,
     /// The D1 bookmark the export started at, when the source has one.
     pub bookmark: Option<String>,
@@ -117,10 +125,10 @@ pub struct BackupSummary {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackupProgress {
     /// Continue with `checkpoint` in another step; once the checkpoint is saved, the staging
-    /// object `superseded` (the previous step's tail) can be deleted.
-    Paused { checkpoint: BackupCheckpoint, superseded: Option<String> },
+    /// objects `superseded` (what the previous step parked) can be deleted.
+    Paused { checkpoint: BackupCheckpoint, superseded: Vec<String> },
     /// The object is complete at its key; once that is recorded, `superseded` can be deleted.
-    Complete { summary: BackupSummary, superseded: Option<String> },
+    Complete { summary: BackupSummary, superseded: Vec<String> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,7 +166,7 @@ pub async fn backup_step<S: SqlSource, O: ObjectStore, C: Clock>(
     resume: Option<&BackupCheckpoint>,
 ) -> Result<BackupProgress, BackupError> {
     let target = resume.map(|c| &c.target).unwrap_or(target);
-    let superseded = resume.and_then(|c| c.upload.tail_key.clone());
+    let superseded = resume.map(|c| c.upload.staged_keys()).unwrap_or_default();
     let step = resume.map_or(0, |c| c.step) + 1;
     let cursor = match resume.map(|c| &c.export) {
         Some(ExportState::Finished(totals)) => {
@@ -175,26 +183,17 @@ pub async fn backup_step<S: SqlSource, O: ObjectStore, C: Clock>(
         Ok(ExportProgress::Paused(cursor)) => ExportState::Exporting(cursor),
         // A multipart dump is completed in a step of its own, which can tell from the object
         // whether an earlier attempt already completed it (R2 forgets a completed upload).
-        Ok(ExportProgress::Finished(totals)) if writer.is_multipart() => ExportState::Finished(totals),
         Ok(ExportProgress::Finished(totals)) => {
-            let mut facts = BTreeMap::new();
-            facts.insert("rows".to_owned(), totals.rows.to_string());
-            facts.insert("tables".to_owned(), totals.tables.len().to_string());
-            let (bytes, sha256) = writer.put_whole(facts).await?;
-            return Ok(BackupProgress::Complete {
-                summary: BackupSummary {
-                    key: target.key.clone(),
-                    tables: totals.tables,
-                    rows: totals.rows,
-                    bytes,
-                    sha256,
-                    steps: step,
-                    bookmark: totals.bookmark,
-                    schema: totals.schema,
-                    sequences: totals.sequences,
-                },
-                superseded,
-            });
+            let ended = writer.end().await;
+            if let Err(e) = ended {
+                writer.abandon().await;
+                return Err(e.into());
+            }
+            if writer.is_multipart() {
+                ExportState::Finished(totals)
+            } else {
+                return put_whole(writer, target, totals, step, superseded).await;
+            }
         }
         Err(e) => {
             writer.abandon().await;
@@ -208,6 +207,36 @@ pub async fn backup_step<S: SqlSource, O: ObjectStore, C: Clock>(
     })
 }
 
+/// The last step of a dump small enough for one put.
+async fn put_whole<O: ObjectStore>(
+    writer: StreamingUpload<'_, O>,
+    target: &BackupTarget,
+    totals: ExportTotals,
+    step: u32,
+    superseded: Vec<String>,
+) -> Result<BackupProgress, BackupError> {
+    let plaintext_sha256 = writer.plain_sha256();
+    let mut facts = BTreeMap::new();
+    facts.insert("rows".to_owned(), totals.rows.to_string());
+    facts.insert("tables".to_owned(), totals.tables.len().to_string());
+    let (bytes, sha256) = writer.put_whole(facts).await?;
+    Ok(BackupProgress::Complete {
+        summary: BackupSummary {
+            key: target.key.clone(),
+            tables: totals.tables,
+            rows: totals.rows,
+            bytes,
+            sha256,
+            plaintext_sha256,
+            steps: step,
+            bookmark: totals.bookmark,
+            schema: totals.schema,
+            sequences: totals.sequences,
+        },
+        superseded,
+    })
+}
+
 /// The last step of a multipart dump: uploads the tail as the last part and completes the
 /// upload, unless an earlier attempt of this step already did.
 async fn complete_multipart<O: ObjectStore>(
@@ -215,9 +244,10 @@ async fn complete_multipart<O: ObjectStore>(
     checkpoint: &BackupCheckpoint,
     totals: &ExportTotals,
     step: u32,
-    superseded: Option<String>,
+    superseded: Vec<String>,
 ) -> Result<BackupProgress, BackupError> {
     let (bytes, sha256) = upload::complete(store, &checkpoint.target.upload_spec(), &checkpoint.upload).await?;
+    let plaintext_sha256 = checkpoint.upload.plain_hash.as_ref().map(|h| h.hex_digest());
     Ok(BackupProgress::Complete {
         summary: BackupSummary {
             key: checkpoint.target.key.clone(),
@@ -225,6 +255,7 @@ async fn complete_multipart<O: ObjectStore>(
             rows: totals.rows,
             bytes,
             sha256,
+            plaintext_sha256,
             steps: step,
             bookmark: totals.bookmark.clone(),
             schema: totals.schema.clone(),

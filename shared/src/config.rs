@@ -3,11 +3,13 @@
 //! Workers read the `DATABASES` var, an object from database name to its D1 binding name, or to
 //! an object with the binding and options, such as
 //! `{"chinook": "DB_CHINOOK", "demo": {"binding": "DB_DEMO", "gzip": true}}` (in wrangler.toml,
-//! a `[vars.DATABASES]` table). The producer uses the names to validate requests and fan out;
+//! a `[vars.DATABASES]` table). `"recipients": ["age1…", …]` encrypts a database's dumps to
+//! those age public keys (see `crate::age`). The producer uses the names to validate requests and fan out;
 //! the consumer uses the binding to reach each database. Databases are ordered by name.
 //!
 //! The consumer's export budgets come from `EXPORT_*` vars (see [`ExportLimits`]).
 
+use crate::age::{Identity, Recipient};
 use crate::archive::ArchiveBudget;
 use crate::retention::RetentionPolicy;
 use serde::{Deserialize, Serialize};
@@ -24,6 +26,15 @@ pub struct DatabaseConfig {
     pub gzip: bool,
     /// Verify each new dump by restoring it into the scratch database (on unless turned off).
     pub verify: bool,
+    /// Encrypt this database's dumps to these age public keys (`.age`); none: not encrypted.
+    /// Several allow a key rotation: any one of their secret keys reads the dump.
+    pub recipients: Vec<Recipient>,
+}
+
+impl DatabaseConfig {
+    pub fn encrypted(&self) -> bool {
+        !self.recipients.is_empty()
+    }
 }
 
 /// One value of the `DATABASES` object.
@@ -42,6 +53,8 @@ pub struct DatabaseOptions {
     pub gzip: bool,
     #[serde(default = "verify_by_default")]
     pub verify: bool,
+    #[serde(default)]
+    pub recipients: Vec<String>,
 }
 
 fn verify_by_default() -> bool {
@@ -83,12 +96,19 @@ pub fn databases_from_map(map: BTreeMap<String, DatabaseEntry>) -> Result<Vec<Da
     let databases: Vec<DatabaseConfig> = map
         .into_iter()
         .map(|(name, entry)| match entry {
-            DatabaseEntry::Binding(binding) => DatabaseConfig { name, binding, gzip: false, verify: true },
-            DatabaseEntry::Options(DatabaseOptions { binding, gzip, verify }) => {
-                DatabaseConfig { name, binding, gzip, verify }
+            DatabaseEntry::Binding(binding) => {
+                Ok(DatabaseConfig { name, binding, gzip: false, verify: true, recipients: Vec::new() })
+            }
+            DatabaseEntry::Options(DatabaseOptions { binding, gzip, verify, recipients }) => {
+                let recipients = recipients
+                    .iter()
+                    .map(|text| Recipient::parse(text.trim()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| ConfigError(format!("database {name:?}: {e}")))?;
+                Ok(DatabaseConfig { name, binding, gzip, verify, recipients })
             }
         })
-        .collect();
+        .collect::<Result<_, ConfigError>>()?;
     validate_databases(&databases)?;
     Ok(databases)
 }
@@ -97,7 +117,7 @@ pub fn databases_from_map(map: BTreeMap<String, DatabaseEntry>) -> Result<Vec<Da
 pub fn parse_databases(json: &str) -> Result<Vec<DatabaseConfig>, ConfigError> {
     let map: BTreeMap<String, DatabaseEntry> = serde_json::from_str(json).map_err(|e| {
         ConfigError(format!(
-            "DATABASES must be an object of database name to a D1 binding name or {{binding, gzip, verify}}: {e}"
+            "DATABASES must be an object of database name to a D1 binding name or {{binding, gzip, verify, recipients}}: {e}"
         ))
     })?;
     databases_from_map(map)
@@ -298,8 +318,9 @@ impl OperationLimits {
     }
 
     /// Why a new dump of `database` (`bytes` long) is not verified, or `None` when it is.
-    /// `has_scratch`: whether the consumer has its scratch database binding.
-    pub fn skip_reason(&self, database: Option<&DatabaseConfig>, has_scratch: bool, bytes: u64) -> Option<String> {
+    /// `has_scratch`: whether the consumer has its scratch database binding; `readable`:
+    /// whether it can read the dump (an encrypted one needs `AGE_IDENTITY`).
+    pub fn skip_reason(&self, database: Option<&DatabaseConfig>, has_scratch: bool, readable: bool, bytes: u64) -> Option<String> {
         let limit = u64::from(self.verify_max_mb) * 1024 * 1024;
         match database {
             None => Some("the database is no longer configured".into()),
@@ -307,6 +328,11 @@ impl OperationLimits {
             Some(_) if !has_scratch => {
                 Some("no VERIFY_DB binding: bind an empty scratch D1 database to verify dumps".into())
             }
+            Some(_) if !readable => Some(
+                "the dump is encrypted and the consumer has no AGE_IDENTITY secret to read it: set it to verify \
+                 encrypted dumps"
+                    .into(),
+            ),
             Some(_) if bytes > limit => {
                 Some(format!("the dump is {bytes} bytes, over VERIFY_MAX_MB ({} MiB)", self.verify_max_mb))
             }
@@ -339,6 +365,9 @@ pub struct Settings {
     pub lease_margin_seconds: u32,
     /// `ENVIRONMENT` (`local` or `test` allow fault injection).
     pub environment: Option<String>,
+    /// `AGE_IDENTITY` (a secret, the consumer's only): the age secret key that lets
+    /// verification and restores read encrypted dumps. Without it they cannot be read here.
+    pub age_identity: Option<Identity>,
 }
 
 impl Settings {
@@ -379,6 +408,10 @@ impl Settings {
             },
             lease_margin_seconds: read_count(&get, "LEASE_MARGIN_SECONDS", Self::DEFAULT_LEASE_MARGIN_SECONDS, 3_600)?,
             environment: get("ENVIRONMENT"),
+            age_identity: match get("AGE_IDENTITY") {
+                None => None,
+                Some(text) => Some(Identity::parse(&text).map_err(|e| ConfigError(format!("AGE_IDENTITY: {e}")))?),
+            },
         })
     }
 
@@ -408,11 +441,12 @@ mod tests {
         let dbs = parse_databases(r#"{"a":"DB_A","b":{"binding":"DB_B","verify":false},"c":{"binding":"DB_C"}}"#).unwrap();
         assert_eq!(dbs.iter().map(|d| d.verify).collect::<Vec<_>>(), [true, false, true]);
         let limits = OperationLimits::from_vars(|n| (n == "VERIFY_MAX_MB").then(|| "1".into())).unwrap();
-        assert_eq!(limits.skip_reason(Some(&dbs[0]), true, 1024 * 1024), None);
-        assert!(limits.skip_reason(Some(&dbs[0]), true, 1024 * 1024 + 1).unwrap().contains("VERIFY_MAX_MB"));
-        assert!(limits.skip_reason(Some(&dbs[1]), true, 10).unwrap().contains("turned off"));
-        assert!(limits.skip_reason(Some(&dbs[0]), false, 10).unwrap().contains("VERIFY_DB"));
-        assert!(limits.skip_reason(None, true, 10).is_some());
+        assert_eq!(limits.skip_reason(Some(&dbs[0]), true, true, 1024 * 1024), None);
+        assert!(limits.skip_reason(Some(&dbs[0]), true, true, 1024 * 1024 + 1).unwrap().contains("VERIFY_MAX_MB"));
+        assert!(limits.skip_reason(Some(&dbs[1]), true, true, 10).unwrap().contains("turned off"));
+        assert!(limits.skip_reason(Some(&dbs[0]), false, true, 10).unwrap().contains("VERIFY_DB"));
+        assert!(limits.skip_reason(Some(&dbs[0]), true, false, 10).unwrap().contains("AGE_IDENTITY"));
+        assert!(limits.skip_reason(None, true, true, 10).is_some());
         assert!(OperationLimits::from_vars(|n| (n == "OPERATION_MAX_ATTEMPTS").then(|| "0".into())).is_err());
     }
 

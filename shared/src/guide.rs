@@ -15,6 +15,8 @@ pub struct GuideBackup {
     /// `YYYY-MM-DD`.
     pub date: String,
     pub sha256: String,
+    /// For an encrypted backup: the SHA-256 of what `age -d` gives back.
+    pub plaintext_sha256: Option<String>,
     pub bytes: u64,
     pub rows: u64,
     pub bookmark: Option<String>,
@@ -39,6 +41,10 @@ pub struct RestoreGuide {
     pub kind: String,
     pub date: String,
     pub sha256: String,
+    /// Stored encrypted (age): the first step decrypts it with the secret key.
+    pub encrypted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plaintext_sha256: Option<String>,
     pub bytes: u64,
     pub rows: u64,
     pub created_at: String,
@@ -84,10 +90,12 @@ pub fn extract_table_command(table: &str, dump_file: &str, out_file: &str) -> St
 
 /// The guide for `backup`, served at `origin` (the API's base URL) from R2 bucket `bucket`.
 pub fn restore_guide(backup: &GuideBackup, origin: &str, bucket: &str) -> RestoreGuide {
-    let gz = backup.key.ends_with(".gz");
+    let encrypted = backup.key.ends_with(".age");
+    let gz = backup.key.trim_end_matches(".age").ends_with(".gz");
     let file = backup.key.rsplit('/').next().unwrap_or("backup.sql").to_owned();
     let file = format!("{}-{}-{file}", backup.database, backup.date);
-    let sql_file = file.trim_end_matches(".gz").to_owned();
+    let plain_file = file.trim_end_matches(".age").to_owned();
+    let sql_file = plain_file.trim_end_matches(".gz").to_owned();
     let restored = format!("{}-restored", backup.database);
     let q = shell_quote;
 
@@ -101,8 +109,15 @@ pub fn restore_guide(backup: &GuideBackup, origin: &str, bucket: &str) -> Restor
     }
     download.push(format!("npx wrangler r2 object get {} --remote --file {}", q(&format!("{bucket}/{}", backup.key)), q(&file)));
     let mut verify = vec![format!("echo {} | sha256sum -c -", q(&format!("{}  {file}", backup.sha256)))];
+    if encrypted {
+        // age-keygen's key file: the secret key matching one of the database's recipients.
+        verify.push(format!("age -d -i key.txt -o {} {}", q(&plain_file), q(&file)));
+        if let Some(plain) = &backup.plaintext_sha256 {
+            verify.push(format!("echo {} | sha256sum -c -", q(&format!("{plain}  {plain_file}"))));
+        }
+    }
     if gz {
-        verify.push(format!("gunzip -k {}", q(&file)));
+        verify.push(format!("gunzip -k {}", q(&plain_file)));
     }
     verify.push(format!("tail -n 1 {}   # must start with {COMPLETE_MARKER:?}", q(&sql_file)));
 
@@ -117,10 +132,20 @@ pub fn restore_guide(backup: &GuideBackup, origin: &str, bucket: &str) -> Restor
             commands: download,
         },
         GuideStep {
-            title: "Check it".into(),
+            title: if encrypted { "Check and decrypt it".into() } else { "Check it".into() },
             description: format!(
-                "The SHA-256 recorded at export time must match{}, and the dump must end with its completion line: a dump without it is incomplete.",
-                if gz { " (of the .gz file as downloaded)" } else { "" }
+                "The SHA-256 recorded at export time must match{}{}, and the dump must end with its completion line: a dump without it is incomplete.",
+                match (encrypted, gz) {
+                    (true, _) => " (of the .age file as downloaded)",
+                    (false, true) => " (of the .gz file as downloaded)",
+                    (false, false) => "",
+                },
+                if encrypted {
+                    "; it is encrypted with age: decrypt it with the secret key of one of the database's recipients \
+                     (Debian's `age` package), and the plaintext must match its own recorded SHA-256"
+                } else {
+                    ""
+                }
             ),
             commands: verify,
         },
@@ -168,6 +193,8 @@ pub fn restore_guide(backup: &GuideBackup, origin: &str, bucket: &str) -> Restor
         kind: backup.kind.clone(),
         date: backup.date.clone(),
         sha256: backup.sha256.clone(),
+        encrypted,
+        plaintext_sha256: backup.plaintext_sha256.clone(),
         bytes: backup.bytes,
         rows: backup.rows,
         created_at: backup.created_at.clone(),
@@ -204,6 +231,7 @@ mod tests {
             kind: "daily".into(),
             date: "2026-11-23".into(),
             sha256: "ab".repeat(32),
+            plaintext_sha256: None,
             bytes: 10,
             rows: 5,
             bookmark: Some("0000-bm".into()),
@@ -217,5 +245,31 @@ mod tests {
         assert!(all.iter().any(|c| c.contains("--file 'chinook-2026-11-23-chinook.sql'")));
         assert!(all.last().unwrap().contains("--bookmark='0000-bm'"));
         assert_eq!(guide.tables[0].name, "Album");
+        assert!(!guide.encrypted && !all.iter().any(|c| c.starts_with("age ")));
+    }
+
+    #[test]
+    fn an_encrypted_guide_decrypts_with_age_before_anything_else() {
+        let backup = GuideBackup {
+            database: "chinook".into(),
+            key: "daily/2026-11-23/chinook.sql.gz.age".into(),
+            kind: "daily".into(),
+            date: "2026-11-23".into(),
+            sha256: "ab".repeat(32),
+            plaintext_sha256: Some("cd".repeat(32)),
+            bytes: 10,
+            rows: 5,
+            bookmark: None,
+            created_at: "2026-11-23T03:00:01.000Z".into(),
+            tables: vec![("Album".into(), 347)],
+        };
+        let guide = restore_guide(&backup, "https://b.example", "d1-backups");
+        let check: Vec<&str> = guide.steps[1].commands.iter().map(String::as_str).collect();
+        assert_eq!(check[0], format!("echo '{}  chinook-2026-11-23-chinook.sql.gz.age' | sha256sum -c -", "ab".repeat(32)));
+        assert_eq!(check[1], "age -d -i key.txt -o 'chinook-2026-11-23-chinook.sql.gz' 'chinook-2026-11-23-chinook.sql.gz.age'");
+        assert_eq!(check[2], format!("echo '{}  chinook-2026-11-23-chinook.sql.gz' | sha256sum -c -", "cd".repeat(32)));
+        assert_eq!(check[3], "gunzip -k 'chinook-2026-11-23-chinook.sql.gz'");
+        assert!(guide.steps[2].commands[1].ends_with("--file 'chinook-2026-11-23-chinook.sql'"));
+        assert!(guide.encrypted);
     }
 }

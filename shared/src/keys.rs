@@ -4,7 +4,8 @@
 //!   time (UTC), so one scheduled night maps to exactly one key per database.
 //! - `manual/YYYY-MM-DD/<job-id>/<db>.sql`: an on-demand backup; the job id keeps two manual
 //!   backups on the same day apart and never overwrites the nightly one.
-//! - Either ends in `.sql.gz` instead of `.sql` for a database configured with gzip.
+//! - Either ends in `.sql.gz` instead of `.sql` for a database configured with gzip, and has
+//!   `.age` appended for a database whose dumps are encrypted (`.sql.age`, `.sql.gz.age`).
 //! - `weekly/YYYY-Www.tar.gz`: the weekly archive of an ISO week's dailies.
 
 use crate::config::is_valid_database_name;
@@ -45,11 +46,13 @@ pub struct BackupKey {
     pub job_id: Option<Uuid>,
     /// Stored gzip-compressed.
     pub gzip: bool,
+    /// Stored encrypted in the age format (after compression).
+    pub encrypted: bool,
 }
 
 impl BackupKey {
     pub fn daily(date: NaiveDate, database: &str) -> BackupKey {
-        BackupKey { kind: BackupKind::Daily, date, database: database.to_owned(), job_id: None, gzip: false }
+        BackupKey { kind: BackupKind::Daily, date, database: database.to_owned(), job_id: None, gzip: false, encrypted: false }
     }
 
     pub fn manual(date: NaiveDate, job_id: Uuid, database: &str) -> BackupKey {
@@ -59,11 +62,16 @@ impl BackupKey {
             database: database.to_owned(),
             job_id: Some(job_id),
             gzip: false,
+            encrypted: false,
         }
     }
 
     pub fn gzipped(self, gzip: bool) -> BackupKey {
         BackupKey { gzip, ..self }
+    }
+
+    pub fn encrypted(self, encrypted: bool) -> BackupKey {
+        BackupKey { encrypted, ..self }
     }
 
     pub fn for_run(kind: BackupKind, date: NaiveDate, job_id: Uuid, database: &str) -> BackupKey {
@@ -75,7 +83,12 @@ impl BackupKey {
 
     pub fn to_key(&self) -> String {
         let date = self.date.format("%Y-%m-%d");
-        let extension = if self.gzip { "sql.gz" } else { "sql" };
+        let extension = match (self.gzip, self.encrypted) {
+            (false, false) => "sql",
+            (true, false) => "sql.gz",
+            (false, true) => "sql.age",
+            (true, true) => "sql.gz.age",
+        };
         match (self.kind, self.job_id) {
             (BackupKind::Manual, Some(job)) => format!("manual/{date}/{job}/{}.{extension}", self.database),
             _ => format!("daily/{date}/{}.{extension}", self.database),
@@ -93,6 +106,10 @@ impl BackupKey {
             _ => return None,
         };
         let date = parse_date(date)?;
+        let (file, encrypted) = match file.strip_suffix(".age") {
+            Some(file) => (file, true),
+            None => (file, false),
+        };
         let (database, gzip) = match file.strip_suffix(".sql.gz") {
             Some(database) => (database, true),
             None => (file.strip_suffix(".sql")?, false),
@@ -100,7 +117,7 @@ impl BackupKey {
         if !is_valid_database_name(database) {
             return None;
         }
-        Some(BackupKey { kind, date, database: database.to_owned(), job_id, gzip })
+        Some(BackupKey { kind, date, database: database.to_owned(), job_id, gzip, encrypted })
     }
 }
 
@@ -179,7 +196,7 @@ mod tests {
         let date = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
         let daily = BackupKey::daily(date, "chinook");
         assert_eq!(daily.to_key(), "daily/2026-11-23/chinook.sql");
-        assert_eq!(BackupKey::parse(&daily.to_key()), Some(daily));
+        assert_eq!(BackupKey::parse(&daily.to_key()), Some(daily.clone()));
 
         let job = Uuid::parse_str("0f8fad5b-d9cb-469f-a165-70867728950e").unwrap();
         let manual = BackupKey::manual(date, job, "demo");
@@ -191,7 +208,14 @@ mod tests {
 
         let gzipped = manual.gzipped(true);
         assert_eq!(gzipped.to_key(), "manual/2026-11-23/0f8fad5b-d9cb-469f-a165-70867728950e/demo.sql.gz");
-        assert_eq!(BackupKey::parse(&gzipped.to_key()), Some(gzipped));
+        assert_eq!(BackupKey::parse(&gzipped.to_key()), Some(gzipped.clone()));
+
+        let sealed = gzipped.encrypted(true);
+        assert_eq!(sealed.to_key(), "manual/2026-11-23/0f8fad5b-d9cb-469f-a165-70867728950e/demo.sql.gz.age");
+        assert_eq!(BackupKey::parse(&sealed.to_key()), Some(sealed));
+        let plain_sealed = daily.encrypted(true);
+        assert_eq!(plain_sealed.to_key(), "daily/2026-11-23/chinook.sql.age");
+        assert_eq!(BackupKey::parse(&plain_sealed.to_key()), Some(plain_sealed));
     }
 
     #[test]
@@ -218,6 +242,9 @@ mod tests {
             "daily/2026-11-23/x.txt",
             "daily/2026-11-23/x.gz",
             "daily/2026-11-23/x.sql.gz.sql",
+            "daily/2026-11-23/x.age",
+            "daily/2026-11-23/x.sql.age.gz",
+            "daily/2026-11-23/x.sql.age.age",
             "weekly/2026-W47.tar.gz",
             "manual/2026-11-23/not-a-uuid/x.sql",
             "daily/2026-02-30/x.sql",

@@ -4,6 +4,7 @@
 //! implement the traits in [`ports`] over D1 and R2 and hand over to this code, so every
 //! behaviour is tested natively (against rusqlite and in-memory stores) before it runs in workerd.
 
+pub mod age;
 pub mod alerts;
 pub mod archive;
 pub mod backup;

@@ -79,7 +79,7 @@ impl ResumableSha256 {
     }
 }
 
-mod hex_bytes {
+pub(crate) mod hex_bytes {
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {

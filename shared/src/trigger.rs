@@ -233,7 +233,7 @@ mod tests {
     fn configured() -> Vec<DatabaseConfig> {
         ["chinook", "demo"]
             .iter()
-            .map(|n| DatabaseConfig { name: n.to_string(), binding: n.to_uppercase(), gzip: false, verify: true })
+            .map(|n| DatabaseConfig { name: n.to_string(), binding: n.to_uppercase(), gzip: false, verify: true, recipients: Vec::new() })
             .collect()
     }
 

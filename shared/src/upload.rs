@@ -8,7 +8,13 @@
 //!
 //! With gzip, each step writes one gzip member; gzip readers join members into one stream.
 //! Dumps and weekly archives are both written this way.
+//!
+//! With recipients, what would be stored is encrypted in the age format on its way out (after
+//! gzip): the first step writes the header, every step seals whole 64 KiB chunks, and the
+//! unfinished chunk is parked between steps sealed (never readable in the bucket), like the
+//! tail. The object's SHA-256 is over the stored (encrypted) bytes; the plaintext's is kept too.
 
+use crate::age::{self, AgeError, EncryptionState, Recipient, Seed, StreamEncryptor};
 use crate::ports::{ByteSink, ObjectInfo, ObjectStore, PortError, UploadedPart};
 use crate::sha256::ResumableSha256;
 use flate2::write::GzEncoder;
@@ -32,6 +38,8 @@ pub struct UploadSpec {
     pub part_size: usize,
     /// Compress what is written with gzip (level 6, like `gzip -6`).
     pub gzip: bool,
+    /// Encrypt what is stored to these age recipients; none: stored as written.
+    pub recipients: Vec<Recipient>,
 }
 
 /// How far an object has got: what a checkpoint keeps between steps. Its size grows with the
@@ -45,12 +53,25 @@ pub struct UploadProgress {
     pub hash: ResumableSha256,
     /// The staging object holding the tail, when there is one.
     pub tail_key: Option<String>,
+    /// Where the encryption stands, for an encrypted object (it holds the payload key until
+    /// the object is finished; the checkpoint holding it is erased when the task ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionState>,
+    /// Over every plaintext byte (what `age -d` gives back), for an encrypted object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plain_hash: Option<ResumableSha256>,
 }
 
 impl UploadProgress {
     /// Bytes of the object produced so far.
     pub fn bytes(&self) -> u64 {
         self.hash.len()
+    }
+
+    /// The staging objects this progress reads when resumed (a newer checkpoint supersedes them).
+    pub fn staged_keys(&self) -> Vec<String> {
+        let pending = self.encryption.as_ref().and_then(|e| e.pending_key.clone());
+        self.tail_key.iter().cloned().chain(pending).collect()
     }
 
     pub fn is_multipart(&self) -> bool {
@@ -69,6 +90,13 @@ pub struct StreamingUpload<'a, O: ObjectStore> {
     buffer: Vec<u8>,
     hash: ResumableSha256,
     gzip: Option<GzEncoder<Vec<u8>>>,
+    /// Present while an encrypted object still takes bytes.
+    encryptor: Option<StreamEncryptor>,
+    plain_hash: Option<ResumableSha256>,
+}
+
+fn age_error(e: AgeError) -> PortError {
+    PortError::unavailable(format!("age encryption: {e}"))
 }
 
 impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
@@ -85,7 +113,31 @@ impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
                 .ok_or_else(|| PortError::unavailable(format!("the staging object {tail} holding the object's tail is missing")))?,
             None => Vec::new(),
         };
-        Ok(StreamingUpload {
+        let (encryptor, header) = match (from, spec.recipients.is_empty()) {
+            (_, true) => (None, Vec::new()),
+            (None, false) => {
+                let seed = Seed::fresh(spec.recipients.len()).map_err(age_error)?;
+                let (encryptor, header) = StreamEncryptor::start(&spec.recipients, &seed).map_err(age_error)?;
+                (Some(encryptor), header)
+            }
+            (Some(progress), false) => {
+                let state = progress
+                    .encryption
+                    .as_ref()
+                    .ok_or_else(|| PortError::unavailable(format!("{}: the checkpoint has no encryption state", spec.key)))?;
+                let pending = match &state.pending_key {
+                    Some(key) => {
+                        let parked = store.get(key).await?.ok_or_else(|| {
+                            PortError::unavailable(format!("the staging object {key} holding the unfinished chunk is missing"))
+                        })?;
+                        age::open_pending(state, &parked).map_err(age_error)?
+                    }
+                    None => Vec::new(),
+                };
+                (Some(StreamEncryptor::resume(state, pending).map_err(age_error)?), Vec::new())
+            }
+        };
+        let mut upload = StreamingUpload {
             store,
             spec,
             upload_id: from.and_then(|p| p.upload_id.clone()),
@@ -94,7 +146,11 @@ impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
             buffer,
             hash: from.map(|p| p.hash.clone()).unwrap_or_default(),
             gzip: spec.gzip.then(|| GzEncoder::new(Vec::new(), Compression::new(6))),
-        })
+            plain_hash: encryptor.as_ref().map(|_| from.and_then(|p| p.plain_hash.clone()).unwrap_or_default()),
+            encryptor,
+        };
+        upload.accept(&header).await?;
+        Ok(upload)
     }
 
     pub fn is_multipart(&self) -> bool {
@@ -116,6 +172,21 @@ impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
             self.upload_part(part).await?;
         }
         Ok(())
+    }
+
+    /// Takes bytes as `age -d` gives them back: encrypts them when the object is encrypted.
+    async fn emit(&mut self, plain: &[u8]) -> Result<(), PortError> {
+        match &mut self.encryptor {
+            Some(encryptor) => {
+                if let Some(hash) = &mut self.plain_hash {
+                    hash.update(plain);
+                }
+                let mut sealed = Vec::new();
+                encryptor.push(plain, &mut sealed).map_err(age_error)?;
+                self.accept(&sealed).await
+            }
+            None => self.accept(plain).await,
+        }
     }
 
     async fn upload_part(&mut self, bytes: Vec<u8>) -> Result<(), PortError> {
@@ -142,9 +213,26 @@ impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
     async fn end_member(&mut self) -> Result<(), PortError> {
         if let Some(encoder) = self.gzip.take() {
             let rest = encoder.finish().map_err(|e| PortError::unavailable(format!("gzip: {e}")))?;
-            self.accept(&rest).await?;
+            self.emit(&rest).await?;
         }
         Ok(())
+    }
+
+    /// Every byte of the object is written: closes the gzip member and seals the last chunk.
+    /// What follows is only parking the tail or storing the object.
+    pub async fn end(&mut self) -> Result<(), PortError> {
+        self.end_member().await?;
+        if let Some(encryptor) = self.encryptor.take() {
+            let mut sealed = Vec::new();
+            encryptor.finish(&mut sealed).map_err(age_error)?;
+            self.accept(&sealed).await?;
+        }
+        Ok(())
+    }
+
+    /// The plaintext's SHA-256, for an encrypted object whose every byte is written.
+    pub fn plain_sha256(&self) -> Option<String> {
+        self.plain_hash.as_ref().map(ResumableSha256::hex_digest)
     }
 
     /// Ends this step: parks the tail as `<staging prefix>tail-<step>-<digest>` and returns
@@ -159,6 +247,20 @@ impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
 
     async fn park(&mut self, step: u32) -> Result<UploadProgress, PortError> {
         self.end_member().await?;
+        let encryption = match &self.encryptor {
+            Some(encryptor) if encryptor.has_pending() => {
+                // Named by a fresh nonce: a second delivery of this step never overwrites it.
+                let nonce = age::random_bytes::<12>().map_err(age_error)?;
+                let parked = encryptor.seal_pending(nonce).map_err(age_error)?;
+                let nonce_hex: String = nonce[..8].iter().map(|b| format!("{b:02x}")).collect();
+                let key = format!("{}chunk-{step:06}-{nonce_hex}", self.spec.staging_prefix);
+                let info = ObjectInfo { content_type: "application/octet-stream".into(), custom: BTreeMap::new() };
+                self.store.put(&key, parked, &info).await?;
+                Some(encryptor.state(Some(key)))
+            }
+            Some(encryptor) => Some(encryptor.state(None)),
+            None => None,
+        };
         let tail_key = if self.buffer.is_empty() {
             None
         } else {
@@ -176,6 +278,8 @@ impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
             parts: self.parts.clone(),
             hash: self.hash.clone(),
             tail_key,
+            encryption,
+            plain_hash: self.plain_hash.clone(),
         })
     }
 
@@ -184,7 +288,7 @@ impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
     /// and SHA-256.
     pub async fn put_whole(mut self, extra: BTreeMap<String, String>) -> Result<(u64, String), PortError> {
         debug_assert!(self.upload_id.is_none(), "put_whole is for objects without a multipart upload");
-        self.end_member().await?;
+        self.end().await?;
         let (bytes, sha256) = (self.hash.len(), self.hash.hex_digest());
         let mut custom = self.spec.metadata.clone();
         custom.extend(extra);
@@ -221,9 +325,9 @@ impl<O: ObjectStore> ByteSink for StreamingUpload<'_, O> {
             Some(encoder) => {
                 encoder.write_all(bytes).map_err(|e| PortError::unavailable(format!("gzip: {e}")))?;
                 let compressed = std::mem::take(encoder.get_mut());
-                self.accept(&compressed).await
+                self.emit(&compressed).await
             }
-            None => self.accept(bytes).await,
+            None => self.emit(bytes).await,
         }
     }
 }
@@ -274,8 +378,8 @@ pub async fn discard<O: ObjectStore>(store: &mut O, key: &str, progress: &Upload
     if let Some(upload_id) = &progress.upload_id {
         store.abort_multipart(key, upload_id).await?;
     }
-    if let Some(tail) = &progress.tail_key {
-        store.delete(tail).await?;
+    for staged in progress.staged_keys() {
+        store.delete(&staged).await?;
     }
     Ok(())
 }

@@ -23,6 +23,7 @@ fn target(gzip: bool, part_size: usize) -> BackupTarget {
         part_size,
         started_at: Utc.with_ymd_and_hms(2026, 11, 23, 3, 0, 0).unwrap(),
         rows_per_query: 500,
+        recipients: Vec::new(),
     }
 }
 
@@ -141,12 +142,12 @@ fn a_failed_step_retried_from_its_checkpoint_writes_the_same_object() {
                 Err(_) => failures += 1,
                 Ok(BackupProgress::Paused { checkpoint: next, superseded }) => {
                     checkpoint = Some(next);
-                    if let Some(key) = superseded {
+                    for key in superseded {
                         store.objects.remove(&key);
                     }
                 }
                 Ok(BackupProgress::Complete { summary, superseded }) => {
-                    if let Some(key) = superseded {
+                    for key in superseded {
                         store.objects.remove(&key);
                     }
                     break summary;

@@ -27,6 +27,7 @@ fn back_up(conn: &Connection, store: &mut MemoryStore, gzip: bool) -> BackupSumm
         part_size: 64 * 1024,
         started_at: Utc.with_ymd_and_hms(2026, 11, 23, 3, 0, 0).unwrap(),
         rows_per_query: 200,
+        recipients: Vec::new(),
     };
     // Small export steps: a gzip dump gets many members.
     let budget = StepBudget { max_queries: 4, ..StepBudget::UNLIMITED };
@@ -36,7 +37,7 @@ fn back_up(conn: &Connection, store: &mut MemoryStore, gzip: bool) -> BackupSumm
 fn plan(summary: &BackupSummary, table: Option<&str>) -> RestorePlan {
     RestorePlan {
         operation: "op-1".into(),
-        dump: DumpObject { key: summary.key.clone(), gzip: summary.key.ends_with(".gz"), sha256: summary.sha256.clone() },
+        dump: DumpObject::named(&summary.key, &summary.sha256),
         table: table.map(str::to_owned),
         keep_progress: false,
     }
@@ -409,6 +410,7 @@ fn a_daily_comes_out_of_a_weekly_archive_over_many_steps_and_restores() {
             metadata: BTreeMap::new(),
             part_size: 64 * 1024,
             gzip: false,
+            recipients: Vec::new(),
         };
         let (mut from, mut steps) = (None, 0);
         loop {
@@ -436,7 +438,7 @@ fn a_daily_comes_out_of_a_weekly_archive_over_many_steps_and_restores() {
         let restored = Connection::open_in_memory().unwrap();
         let plan = RestorePlan {
             operation: "op-1".into(),
-            dump: DumpObject { key: dest.key.clone(), gzip, sha256: member.sha256.clone() },
+            dump: DumpObject { gzip, ..DumpObject::named(&dest.key, &member.sha256) },
             table: None,
             keep_progress: false,
         };
@@ -453,6 +455,7 @@ fn a_daily_comes_out_of_a_weekly_archive_over_many_steps_and_restores() {
         metadata: BTreeMap::new(),
         part_size: 64 * 1024,
         gzip: false,
+        recipients: Vec::new(),
     };
     match block_on(extract_step(&mut store, &missing, &dest, u64::MAX, None)) {
         Err(RestoreError::Dump { message, .. }) => assert!(message.contains("holds no member"), "{message}"),
@@ -569,17 +572,14 @@ fn run_restore_operation_with(
     let plan = OperationPlan {
         id: "op-check".into(),
         kind: OperationKind::Restore,
-        source: DumpSource::Stored(DumpObject {
-            key: summary.key.clone(),
-            gzip: summary.key.ends_with(".gz"),
-            sha256: summary.sha256.clone(),
-        }),
+        source: DumpSource::Stored(DumpObject::named(&summary.key, &summary.sha256)),
         table: None,
         expected: summary.tables.clone(),
         expected_schema: summary.schema.clone(),
         expected_sequences: summary.sequences.clone(),
         rows_per_query: 100,
         fault: None,
+        identity: None,
     };
     let mut phase = plan.start();
     assert!(matches!(phase, OperationPhase::Checking(None)), "a restore starts by checking the dump");
@@ -715,10 +715,11 @@ fn a_restore_failing_after_it_changed_the_target_rolls_it_back() {
             part_size: 64 * 1024,
             started_at: Utc.with_ymd_and_hms(2026, 12, 3, 3, 0, 0).unwrap(),
             rows_per_query: 100,
+            recipients: Vec::new(),
         };
         support::run_to_completion(&target, &mut store, &t, StepBudget::UNLIMITED).summary
     };
-    let rollback = Rollback::Restore(DumpObject { key: pre.key.clone(), gzip: false, sha256: pre.sha256.clone() });
+    let rollback = Rollback::Restore(DumpObject::named(&pre.key, &pre.sha256));
     let mut faulty = RusqliteTarget::new(&target);
     // D1 refuses a batch of Track's rows: by then the target was emptied and partly restored.
     faulty.refuse_statement = Some("INSERT INTO \"Track\"".into());
@@ -751,13 +752,14 @@ fn a_restore_gives_up_into_a_rollback_only_once_it_has_changed_the_target() {
     let plan = OperationPlan {
         id: "op-give-up".into(),
         kind: OperationKind::Restore,
-        source: DumpSource::Stored(DumpObject { key: summary.key.clone(), gzip: false, sha256: summary.sha256.clone() }),
+        source: DumpSource::Stored(DumpObject::named(&summary.key, &summary.sha256)),
         table: None,
         expected: Vec::new(),
         expected_schema: Vec::new(),
         expected_sequences: Vec::new(),
         rows_per_query: 100,
         fault: None,
+        identity: None,
     };
     let conn = Connection::open_in_memory().unwrap();
     let mut target = RusqliteTarget::new(&conn);

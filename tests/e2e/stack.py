@@ -52,7 +52,7 @@ class Stack:
                  extra_databases: int = 0, environment: str = "local",
                  databases: list[str] | None = None, archiver_vars: dict[str, str] | None = None,
                  all_vars: dict[str, str] | None = None, verify: bool = True,
-                 scratch_database: str | None = None):
+                 scratch_database: str | None = None, database_entries: dict[str, str] | None = None):
         self.state_dir = state_dir
         # Vars overriding the consumer's (such as EXPORT_MAX_QUERIES), and extra empty source
         # databases (fan01, fan02, ...), through copies of the Worker configs written beside
@@ -74,6 +74,9 @@ class Stack:
         # Bind the consumer's VERIFY_DB to this configured database instead of the scratch one
         # (the misconfiguration the scratch guard must catch).
         self.scratch_database = scratch_database
+        # `[vars.DATABASES]` entries replaced in both the producer's and the consumer's config,
+        # such as {"chinook": '{ binding = "DB_CHINOOK", recipients = ["age1..."] }'}.
+        self.database_entries = database_entries or {}
         self.generated_configs: list[Path] = []
         # The consumer's config copy, when one is written: it binds the extra databases.
         self.consumer_config: str | None = None
@@ -84,7 +87,9 @@ class Stack:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self, timeout: float = 120.0) -> "Stack":
+    def start(self, timeout: float = 120.0, healthy: bool = True) -> "Stack":
+        """Starts the stack and waits for /health to answer 200 (or, not `healthy`, to answer at
+        all: a stack started with a broken configuration on purpose)."""
         # A new state directory starts as a copy of the migrated and seeded template; one
         # reused from an earlier stack (a second configuration over the same history) is kept.
         if not (self.state_dir / "v3").exists():
@@ -103,7 +108,7 @@ class Stack:
             if self.process.poll() is not None:
                 raise RuntimeError(f"wrangler dev exited early:\n{self.log()}")
             try:
-                if self.request("GET", "/health").status == 200:
+                if self.request("GET", "/health").status == 200 or not healthy:
                     return self
             except OSError:
                 pass
@@ -120,13 +125,14 @@ class Stack:
             f'database_id = "00000000-0000-4000-8000-000000000{200 + i:03d}"\n'
             for i, name in enumerate(fan, start=1))
         env = {}
-        if fan or self.databases is not None or self.all_vars:
+        if fan or self.databases is not None or self.all_vars or self.database_entries:
             producer = override_vars(self.only_databases((ROOT / "wrangler.toml").read_text()), self.all_vars)
+            producer = self.replace_entries(producer)
             producer = producer.replace("[vars.DATABASES]\n", "[vars.DATABASES]\n" + entries, 1)
             env["PRODUCER_CONFIG"] = self.write_copy("wrangler.toml", producer + fan_bindings)
         if fan or self.consumer_vars or self.databases is not None or self.all_vars or not self.verify \
-                or self.scratch_database:
-            consumer = self.only_databases((ROOT / "consumer/wrangler.toml").read_text())
+                or self.scratch_database or self.database_entries:
+            consumer = self.replace_entries(self.only_databases((ROOT / "consumer/wrangler.toml").read_text()))
             if self.scratch_database:
                 ids = d1_database_ids(ROOT / "consumer/wrangler.toml")
                 consumer, moved = re.subn(r'(binding = "VERIFY_DB"\ndatabase_name = ")[^"]*("\ndatabase_id = ")[^"]*"',
@@ -143,6 +149,14 @@ class Stack:
             archiver = override_vars((ROOT / "archiver/wrangler.toml").read_text(), {**self.all_vars, **self.archiver_vars})
             env["ARCHIVER_CONFIG"] = self.write_copy("archiver/wrangler.toml", archiver)
         return env
+
+    def replace_entries(self, config: str) -> str:
+        """`config` with the `[vars.DATABASES]` entries of `self.database_entries` replaced."""
+        for name, entry in self.database_entries.items():
+            config, replaced = re.subn(rf"^{re.escape(name)} = .*$", lambda _: f"{name} = {entry}", config,
+                                       count=1, flags=re.M)
+            assert replaced == 1, f"{name} is not configured"
+        return config
 
     def only_databases(self, config: str) -> str:
         """Drops the `[vars.DATABASES]` entries not in `self.databases`."""

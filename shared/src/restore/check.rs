@@ -4,7 +4,7 @@
 //! CRCs right), and end with its `-- Dump complete` line. A dump that fails any of these is
 //! refused with the reason, and the target is never touched.
 
-use super::reader::{DumpReader, ReadError, ReadPosition};
+use super::reader::{ReadError, ReadPosition};
 use super::DumpObject;
 use crate::dump::COMPLETE_MARKER;
 use crate::ports::{Clock, ObjectStore, PortError};
@@ -44,7 +44,7 @@ pub async fn check_step<O: ObjectStore, C: Clock>(
 ) -> Result<CheckProgress, PortError> {
     let started = clock.now_millis();
     let mut cursor = from.unwrap_or_default();
-    let mut reader = DumpReader::open(&dump.key, dump.gzip, &cursor.position);
+    let mut reader = dump.reader(&cursor.position);
     let mut read = 0u64;
     loop {
         let buffered = reader.buffered().len();

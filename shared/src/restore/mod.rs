@@ -22,6 +22,7 @@ pub mod verify;
 
 use crate::dump::sql::{comment_safe, ident, string_literal};
 use crate::dump::{StepBudget, COMPLETE_MARKER};
+use crate::age::Identity;
 use crate::ports::{Clock, ObjectStore, PortError, PortErrorKind, SqlSource};
 use reader::{DumpReader, ReadError, ReadPosition};
 use serde::{Deserialize, Serialize};
@@ -54,8 +55,42 @@ const MAX_STATEMENT_BYTES: usize = 4 * 1024 * 1024;
 pub struct DumpObject {
     pub key: String,
     pub gzip: bool,
+    /// Stored encrypted in the age format (`.age`).
+    #[serde(default)]
+    pub encrypted: bool,
     /// The SHA-256 recorded when the dump was stored.
     pub sha256: String,
+    /// The secret key that reads an encrypted dump: given to each step by the Worker that
+    /// holds it, never stored with the plan.
+    #[serde(skip)]
+    pub identity: Option<Identity>,
+}
+
+impl DumpObject {
+    /// The dump stored at `key` (or named `key`, out of an archive): how it is stored is read
+    /// from its name (`.sql`, `.sql.gz`, either with `.age`).
+    pub fn named(key: &str, sha256: &str) -> DumpObject {
+        let (plain_name, encrypted) = match key.strip_suffix(".age") {
+            Some(name) => (name, true),
+            None => (key, false),
+        };
+        DumpObject { key: key.to_owned(), gzip: plain_name.ends_with(".gz"), encrypted, sha256: sha256.to_owned(), identity: None }
+    }
+
+    /// Reads it with `identity` when it is encrypted.
+    pub fn with_identity(self, identity: Option<&Identity>) -> DumpObject {
+        DumpObject { identity: identity.cloned(), ..self }
+    }
+
+    /// A reader of its SQL from `from`.
+    pub fn reader(&self, from: &ReadPosition) -> DumpReader {
+        let reader = DumpReader::open(&self.key, self.gzip, from);
+        if self.encrypted {
+            reader.decrypting(self.identity.clone())
+        } else {
+            reader
+        }
+    }
 }
 
 /// What to restore, fixed when the operation starts.
@@ -378,7 +413,7 @@ pub async fn restore_step<T: SqlTarget, O: ObjectStore, C: Clock>(
         None => begin(target, plan, token).await?,
     };
     let mut queries = 0u32;
-    let mut reader = DumpReader::open(&plan.dump.key, plan.dump.gzip, &cursor.position);
+    let mut reader = plan.dump.reader(&cursor.position);
     let mut batch: Vec<String> = Vec::new();
     let mut batch_bytes = 0usize;
     let mut sql_bytes_this_step = 0u64;

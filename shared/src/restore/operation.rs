@@ -56,6 +56,10 @@ pub struct OperationPlan {
     /// Fault injection (local and test stacks only: the producer refuses it elsewhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<crate::faults::Fault>,
+    /// The secret key that reads encrypted dumps, set by the consumer for each step from its
+    /// `AGE_IDENTITY`; never stored with the plan.
+    #[serde(skip)]
+    pub identity: Option<crate::age::Identity>,
 }
 
 impl OperationPlan {
@@ -93,6 +97,7 @@ impl OperationPlan {
             metadata: BTreeMap::from([("operation".to_string(), self.id.clone())]),
             part_size: PART_SIZE,
             gzip: false,
+            recipients: Vec::new(),
         })
     }
 
@@ -100,12 +105,10 @@ impl OperationPlan {
     fn dump(&self) -> DumpObject {
         match &self.source {
             DumpSource::Stored(dump) => dump.clone(),
-            DumpSource::Archived(member) => DumpObject {
-                key: self.extracted_key().unwrap_or_default(),
-                gzip: member.path.ends_with(".gz"),
-                sha256: member.sha256.clone(),
-            },
+            // The copy is named as the member is (its last path segment).
+            DumpSource::Archived(member) => DumpObject::named(&self.extracted_key().unwrap_or_default(), &member.sha256),
         }
+        .with_identity(self.identity.as_ref())
     }
 
     /// Whether this operation's restore has begun changing `target` (its progress is recorded

@@ -5,7 +5,13 @@
 //! compressed stream, but the exporter writes one gzip member per step, and every member can
 //! be decoded on its own: a position is the member's offset plus the SQL bytes of that member
 //! already used. Resuming decodes that much of one member again, never the whole file.
+//!
+//! An encrypted dump (`.age`) is read through its decryption: offsets above are then offsets
+//! in the plaintext (what `age -d` gives back), and a read resumes at the 64 KiB chunk that
+//! holds its offset, which is where that chunk starts in the object. Every chunk's tag is
+//! checked as it is read, and the SHA-256 is over the stored (encrypted) bytes.
 
+use crate::age::{self, AgeError, Identity, OpenedHeader, CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE};
 use crate::ports::{ObjectStore, PortError};
 use crate::sha256::ResumableSha256;
 use flate2::write::GzDecoder;
@@ -45,6 +51,17 @@ pub struct ReadPosition {
     pub hash: ResumableSha256,
 }
 
+/// How an encrypted object is opened: the identity, and its header once read.
+struct Decryption {
+    identity: Option<Identity>,
+    /// The opened header and the object's chunk count.
+    header: Option<(OpenedHeader, u64)>,
+}
+
+fn age_corrupt(e: AgeError) -> ReadError {
+    ReadError::Corrupt(e.to_string())
+}
+
 /// A member whose SQL may still be in the buffer: where it starts in the object and in the SQL.
 #[derive(Debug, Clone, Copy)]
 struct MemberStart {
@@ -55,8 +72,10 @@ struct MemberStart {
 pub struct DumpReader {
     key: String,
     gzip: bool,
-    /// Next object offset to fetch.
+    /// Next offset to fetch, in the plaintext (the object itself unless encrypted).
     fetch_at: u64,
+    /// For an encrypted object: how to open it.
+    decryption: Option<Decryption>,
     /// Compressed bytes fetched but not yet fed to the decoder.
     compressed: Vec<u8>,
     decoder: Option<GzDecoder<Vec<u8>>>,
@@ -85,6 +104,7 @@ impl DumpReader {
             decoder: None,
             compressed_at: from.object_offset,
             members: vec![MemberStart { object_offset: from.object_offset, sql_offset: from.sql_offset - from.skip }],
+            decryption: None,
             buffer: Vec::new(),
             buffer_at: from.sql_offset,
             to_skip: if gzip { from.skip } else { 0 },
@@ -92,6 +112,13 @@ impl DumpReader {
             eof: false,
             size: None,
         }
+    }
+
+    /// Reads an encrypted object through its decryption with `identity` (`None`: the object
+    /// cannot be read, which the first read says).
+    pub fn decrypting(mut self, identity: Option<Identity>) -> DumpReader {
+        self.decryption = Some(Decryption { identity, header: None });
+        self
     }
 
     /// SQL read and not yet consumed.
@@ -133,29 +160,7 @@ impl DumpReader {
             }
             let before = self.buffer.len();
             if self.compressed.is_empty() {
-                let size = match self.size {
-                    Some(size) => size,
-                    None => {
-                        let size = store.head(&self.key).await?.ok_or_else(|| {
-                            ReadError::Corrupt(format!("{} is missing from the bucket", self.key))
-                        })?;
-                        *self.size.insert(size)
-                    }
-                };
-                let chunk = if self.fetch_at >= size {
-                    Vec::new()
-                } else {
-                    store.get_range(&self.key, self.fetch_at, FETCH_BYTES).await?.ok_or_else(|| {
-                        ReadError::Corrupt(format!("{} is missing from the bucket", self.key))
-                    })?
-                };
-                // Bytes fetched again after a resume were hashed by an earlier step.
-                let hashed_to = self.hash.len();
-                let end = self.fetch_at + chunk.len() as u64;
-                if end > hashed_to && self.fetch_at <= hashed_to {
-                    self.hash.update(&chunk[(hashed_to - self.fetch_at) as usize..]);
-                }
-                self.fetch_at = end;
+                let chunk = self.fetch(store).await?;
                 if chunk.is_empty() {
                     // The decoder may still hold the last member's end.
                     self.finish_member()?;
@@ -173,6 +178,92 @@ impl DumpReader {
                 return Ok(true);
             }
         }
+    }
+
+    /// The next plaintext bytes from `fetch_at` on (empty at the end of the object).
+    async fn fetch<O: ObjectStore>(&mut self, store: &mut O) -> Result<Vec<u8>, ReadError> {
+        let size = match self.size {
+            Some(size) => size,
+            None => {
+                let size = store
+                    .head(&self.key)
+                    .await?
+                    .ok_or_else(|| ReadError::Corrupt(format!("{} is missing from the bucket", self.key)))?;
+                *self.size.insert(size)
+            }
+        };
+        let Some(decryption) = &self.decryption else {
+            if self.fetch_at >= size {
+                return Ok(Vec::new());
+            }
+            let bytes = self.get_hashed(store, self.fetch_at, FETCH_BYTES).await?;
+            self.fetch_at += bytes.len() as u64;
+            return Ok(bytes);
+        };
+        let (header, count) = match &decryption.header {
+            Some(opened) => opened.clone(),
+            None => {
+                let opened = self.open_header(store, size).await?;
+                self.decryption.as_mut().expect("decrypting").header = Some(opened.clone());
+                opened
+            }
+        };
+        let plain_size = (count - 1) * CHUNK_SIZE as u64 + (size - header.chunk_offset(count - 1) - age::TAG_SIZE as u64);
+        if self.fetch_at >= plain_size {
+            return Ok(Vec::new());
+        }
+        let first = self.fetch_at / CHUNK_SIZE as u64;
+        // As many whole chunks as one fetch of FETCH_BYTES holds.
+        let chunks = (FETCH_BYTES / ENCRYPTED_CHUNK_SIZE as u64).max(1).min(count - first);
+        let from = header.chunk_offset(first);
+        let to = header.chunk_offset(first + chunks).min(size);
+        let sealed = self.get_hashed(store, from, to - from).await?;
+        if sealed.len() as u64 != to - from {
+            return Err(ReadError::Corrupt(format!("{} ended while reading its chunk {first}", self.key)));
+        }
+        let mut plain = Vec::with_capacity(chunks as usize * CHUNK_SIZE);
+        for (i, piece) in sealed.chunks(ENCRYPTED_CHUNK_SIZE).enumerate() {
+            plain.extend_from_slice(&header.open_chunk(first + i as u64, count, piece).map_err(age_corrupt)?);
+        }
+        // Resuming inside a chunk: what comes before the offset was used by an earlier step.
+        let inside = (self.fetch_at % CHUNK_SIZE as u64) as usize;
+        plain.drain(..inside.min(plain.len()));
+        self.fetch_at += plain.len() as u64;
+        Ok(plain)
+    }
+
+    /// Reads the age header (longer headers are read again with more bytes).
+    async fn open_header<O: ObjectStore>(&mut self, store: &mut O, size: u64) -> Result<(OpenedHeader, u64), ReadError> {
+        let identity = self.decryption.as_ref().and_then(|d| d.identity.clone()).ok_or_else(|| {
+            ReadError::Corrupt(format!("{} is encrypted and no AGE_IDENTITY is configured to read it", self.key))
+        })?;
+        let mut want = 4096u64;
+        loop {
+            let prefix = self.get_hashed(store, 0, want.min(size)).await?;
+            match age::open_header(&prefix, std::slice::from_ref(&identity)) {
+                Ok(header) => {
+                    let count = header.chunk_count(size).map_err(age_corrupt)?;
+                    return Ok((header, count));
+                }
+                Err(AgeError::HeaderIncomplete) if want < size && want < age::MAX_HEADER_BYTES as u64 => want *= 8,
+                Err(e) => return Err(age_corrupt(e)),
+            }
+        }
+    }
+
+    /// Fetches `len` bytes at `at`, hashing those no earlier step hashed: the hash covers the
+    /// object from its start, and every read starts within what was read before.
+    async fn get_hashed<O: ObjectStore>(&mut self, store: &mut O, at: u64, len: u64) -> Result<Vec<u8>, ReadError> {
+        let bytes = store
+            .get_range(&self.key, at, len)
+            .await?
+            .ok_or_else(|| ReadError::Corrupt(format!("{} is missing from the bucket", self.key)))?;
+        let hashed_to = self.hash.len();
+        let end = at + bytes.len() as u64;
+        if end > hashed_to && at <= hashed_to {
+            self.hash.update(&bytes[(hashed_to - at) as usize..]);
+        }
+        Ok(bytes)
     }
 
     fn push_sql(&mut self, sql: &[u8]) {

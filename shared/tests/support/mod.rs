@@ -376,12 +376,12 @@ pub fn run_to_completion(conn: &Connection, store: &mut MemoryStore, target: &Ba
             BackupProgress::Paused { checkpoint: next, superseded } => {
                 let saved = serde_json::to_string(&next).unwrap();
                 checkpoint = Some(serde_json::from_str(&saved).unwrap());
-                if let Some(key) = superseded {
+                for key in superseded {
                     store.objects.remove(&key);
                 }
             }
             BackupProgress::Complete { summary, superseded } => {
-                if let Some(key) = superseded {
+                for key in superseded {
                     store.objects.remove(&key);
                 }
                 return Run { summary, steps, most_queries_in_a_step: most_queries };
