@@ -49,6 +49,9 @@ SCRATCH = OUT / "scratch"
 DB_NAME = "fan01"
 DB_BINDING = "DB_FAN01"
 DB_ID = "00000000-0000-4000-8000-000000000201"
+# The same database configured a second time, its dumps encrypted (age) to one recipient: the
+# export with encryption on, beside the same export without it.
+SEALED_NAME = "fan01sealed"
 D1_FILES = STATE / "v3" / "d1" / "miniflare-D1DatabaseObject"
 WRANGLER = ["node", str(ROOT / "node_modules/wrangler/bin/wrangler.js")]
 ENV = {**os.environ, "WRANGLER_SEND_METRICS": "false", "CI": "true"}
@@ -372,7 +375,7 @@ def parse_ts(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-def our_export(stack: Stack) -> dict:
+def our_export(stack: Stack, database: str = DB_NAME) -> dict:
     """POST /trigger for the bench database, then GET /jobs/:id every 100 ms until the job is
     final, sampling the RSS of the stack's workerd processes all along."""
     pgid = stack.process.pid
@@ -389,7 +392,7 @@ def our_export(stack: Stack) -> dict:
     cpu0 = cpu_seconds(group)
     with sampler:
         start = time.monotonic()
-        r = stack.admin("POST", "/trigger", {"databases": [DB_NAME], "reason": "bench"})
+        r = stack.admin("POST", "/trigger", {"databases": [database], "reason": "bench"})
         assert r.status == 202, (r.status, r.body)
         job_id = r.json()["jobId"]
         job = None
@@ -434,6 +437,38 @@ def our_export(stack: Stack) -> dict:
     if queued and started:
         result["queue_delay_seconds"] = (started - queued).total_seconds()
     return result
+
+
+def sealed_export(stack: Stack, plain: dict, plain_dump: Path, key_file: Path, problems: list[str]) -> dict:
+    """The same export with encryption on (age, one recipient): its wall and CPU time beside the
+    plain one's, the dump decrypted by the age CLI and compared with the plain dump (all but the
+    header lines naming the database and the time), and its verification through AGE_IDENTITY."""
+    log(f"our export, encrypted: POST /trigger for {SEALED_NAME}")
+    res = our_export(stack, SEALED_NAME)
+    run = res["run"]
+    entry = {"method": "ours, encrypted (age, `.sql.age`)", "seconds": res["wall_seconds"],
+             "cpu_seconds": res["cpu_seconds"],
+             "memory": f"workerd {res['start_rss_mib']:.0f} → {res['peak_rss_mib']:.0f} MiB (start → peak)"}
+    if res["status"] != "completed":
+        entry["notes"] = f"**{res['status']}**: {str(run.get('error'))[:200]}"
+        problems.append(f"our encrypted export did not complete: {run.get('error')!r}")
+        return {"entry": entry, **res}
+    sealed_file = DUMPS / "ours.sql.age"
+    body = stack.r2_get(run["r2Key"], sealed_file)
+    decrypted = subprocess.run(["age", "-d", "-i", str(key_file), str(sealed_file)], capture_output=True)
+    header = re.compile(rb"^-- (database|created): .*\n", re.M)
+    same = decrypted.returncode == 0 and header.sub(b"", decrypted.stdout) == header.sub(b"", plain_dump.read_bytes())
+    if hashlib.sha256(body).hexdigest() != run.get("sha256") or not same:
+        problems.append(f"the encrypted dump is not the plain dump encrypted (age exit {decrypted.returncode})")
+    slower = res["wall_seconds"] / plain["seconds"] - 1
+    entry.update(bytes=len(body), rows_per_s=ROWS / res["wall_seconds"], mb_per_s=len(body) / 1e6 / res["wall_seconds"],
+                 notes=f"{slower:+.0%} wall time against the plain export in the same run; `age -d` gives back "
+                       f"{'the plain dump byte for byte (but its header)' if same else '**a different dump**'}")
+    log(f"encrypted export: {res['wall_seconds']:.1f} s ({slower:+.0%} against plain)")
+    res["verification"] = our_verification(stack, res["job_id"])
+    if res["verification"].get("state") != "verified":
+        problems.append(f"our encrypted dump did not verify: {res['verification']}")
+    return {"entry": entry, "slower": slower, "identical_plaintext": same, **res}
 
 
 def our_verification(stack: Stack, job_id: str) -> dict:
@@ -572,6 +607,12 @@ def report(res: dict) -> str:
         lines.append(f"- verification (restored into the scratch database, exported again, compared): "
                      f"**{v.get('state')}** in {fmt(v.get('seconds'), '.1f', ' s')} over {v.get('steps')} step(s), "
                      f"the consumer's wasm memory {v.get('wasm_memory_mib')} MiB; {v.get('detail')}")
+    sealed = o.get("encrypted")
+    if sealed and sealed.get("verification"):
+        sv = sealed["verification"]
+        lines.append(f"- encrypted export (`{SEALED_NAME}`, the same database, dumps encrypted to one age recipient): "
+                     f"{sealed['wall_seconds']:.1f} s, {sealed.get('slower', 0):+.0%} against the plain export; "
+                     f"verified through AGE_IDENTITY: **{sv.get('state')}** in {fmt(sv.get('seconds'), '.1f', ' s')}")
     if run.get("error") or o["status"] != "completed":
         lines += ["", "Run error:", "", "```", str(run.get("error")), "```", "",
                   "wrangler dev log (error lines):", "", "```", res.get("dev_log_errors", ""), "```"]
@@ -625,7 +666,15 @@ def main() -> int:
     assert expected and sum(expected.values()) == ROWS, source_fp
 
     # 2. Our export through the running stack: the consumer keeps its production budget.
-    stack = Stack(STATE, port=bench_port(), extra_databases=1, environment="production")
+    key_file = OUT / "age-key.txt"
+    key_file.unlink(missing_ok=True)
+    subprocess.run(["age-keygen", "-o", str(key_file)], check=True, capture_output=True)
+    recipient = subprocess.run(["age-keygen", "-y", str(key_file)], check=True, capture_output=True,
+                               text=True).stdout.strip()
+    secret = next(l for l in key_file.read_text().splitlines() if l.startswith("AGE-SECRET-KEY-1"))
+    stack = Stack(STATE, port=bench_port(), extra_databases=1, environment="production",
+                  database_entries={SEALED_NAME: f'{{ binding = "{DB_BINDING}", recipients = ["{recipient}"] }}'},
+                  consumer_vars={"AGE_IDENTITY": secret})
     atexit.register(stack.stop)
     log(f"starting the stack on port {stack.port}")
     stack.start(timeout=180)
@@ -677,6 +726,10 @@ def main() -> int:
         log(f"verification {v.get('state')} after {fmt(v.get('seconds'), '.1f', ' s')}")
         if v.get("state") != "verified":
             problems.append(f"our dump did not verify: {v}")
+    if ours["status"] == "completed":
+        sealed = sealed_export(stack, entry, our_dump, key_file, problems)
+        ours["encrypted"] = sealed
+        exports.append(sealed["entry"])
     dev_errors = dev_log_errors(stack.log_path)
     stack.stop()
     shutil.copy(stack.log_path, OUT / "wrangler-dev.log")

@@ -151,11 +151,13 @@ class Stack:
         return env
 
     def replace_entries(self, config: str) -> str:
-        """`config` with the `[vars.DATABASES]` entries of `self.database_entries` replaced."""
+        """`config` with the `[vars.DATABASES]` entries of `self.database_entries` replaced, or
+        added when the name is not configured yet."""
         for name, entry in self.database_entries.items():
             config, replaced = re.subn(rf"^{re.escape(name)} = .*$", lambda _: f"{name} = {entry}", config,
                                        count=1, flags=re.M)
-            assert replaced == 1, f"{name} is not configured"
+            if not replaced:
+                config = config.replace("[vars.DATABASES]\n", f"[vars.DATABASES]\n{name} = {entry}\n", 1)
         return config
 
     def only_databases(self, config: str) -> str:
