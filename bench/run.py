@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from stack import Stack, scratch_d1_config  # noqa: E402
+from stack import Stack, scratch_d1_config, template_state  # noqa: E402
 
 OUT = ROOT / "target" / "bench"
 CONF = OUT / "config"
@@ -658,7 +658,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     atexit.register(kill_live_groups)
 
-    # 1. The bench database, filled before the stack opens it.
+    # 1. The migrated metadata database and seeded sources of every stack, then the bench
+    # database, filled before the stack opens it.
+    shutil.copytree(template_state(), STATE)
     source, fill_seconds = create_and_fill(db_config, ROWS)
     source_fp = fingerprint(source)
     expected = source_fp.get("counts")

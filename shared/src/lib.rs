@@ -23,6 +23,7 @@ pub mod retention;
 pub mod state;
 pub mod task;
 pub mod sha256;
+pub mod sigv4;
 pub mod trigger;
 pub mod upload;
 
