@@ -16,6 +16,7 @@ pub mod guide;
 pub mod keys;
 pub mod listing;
 pub mod message;
+pub mod offsite;
 pub mod metrics;
 pub mod ports;
 pub mod restore;

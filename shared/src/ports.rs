@@ -131,6 +131,11 @@ pub trait ObjectStore {
     /// Joins the parts into the object at `key`, which only now becomes visible.
     async fn complete_multipart(&mut self, key: &str, upload_id: &str, parts: &[UploadedPart]) -> Result<(), PortError>;
     async fn abort_multipart(&mut self, key: &str, upload_id: &str) -> Result<(), PortError>;
+    /// The object's ETag as the store reports it, where the store has one worth recording (the
+    /// off-site copies); `None` otherwise.
+    async fn etag(&mut self, _key: &str) -> Result<Option<String>, PortError> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]
