@@ -121,6 +121,14 @@ status = {
             "bytes": {"type": "integer", "minimum": 0}, "oldest": NULLABLE_STR, "newest": NULLABLE_STR}}},
         "databases": {"type": "array", "items": {"type": "string"}},
         "verification": {"type": "array", "items": {"$ref": "#/components/schemas/DatabaseVerification"}},
+        # Off-site copies (OFFSITE): {"configured": false} without it.
+        "offsite": {"type": "object", "required": ["configured"], "properties": {
+            "configured": {"type": "boolean"}, "endpoint": {"type": "string"}, "bucket": {"type": "string"},
+            "prefix": {"type": "string"}, "retention": {"type": "string"},
+            "lagSeconds": {"type": "integer", "minimum": 0}, "copied": {"type": "integer", "minimum": 0},
+            "copiedBytes": {"type": "integer", "minimum": 0}, "pending": {"type": "integer", "minimum": 0},
+            "dead": {"type": "integer", "minimum": 0}, "lastCopiedAt": NULLABLE_STR, "lastError": NULLABLE_STR,
+            "lastErrorKey": NULLABLE_STR}},
     },
 }
 # How an operation ended (tagged by "outcome"), null until it has.

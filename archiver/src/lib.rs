@@ -12,6 +12,7 @@
 use platform::archives::{self, ArchiveJobView};
 use platform::meta::Trigger;
 use platform::r2_store::R2Store;
+use platform::replicas::{self, ObjectKind};
 use platform::tasks::{self, meta_error, Disposition, StepBody, StepOutcome};
 use platform::{bindings, config, millis_to_utc, now};
 use shared::archive::{archive_step, ArchiveCheckpoint, ArchivePlan, ArchiveProgress};
@@ -176,7 +177,18 @@ impl StepBody for ArchiveTask<'_> {
             ArchiveProgress::Complete { summary, superseded } => {
                 let mut statements = vec![tasks::finish(db, lease, TaskState::Succeeded, None, now()).map_err(meta_error)?];
                 statements.extend(archives::archive_statements(db, &self.msg.job_id, &job.week, &summary, now()).map_err(meta_error)?);
+                // The off-site copy is due from the moment the archive is recorded.
+                let offsite = self.settings.offsite.as_ref();
+                let copy = replicas::queue_copy(db, offsite, ObjectKind::Archive, &summary.key, summary.bytes, &summary.sha256, now())
+                    .map_err(meta_error)?;
+                let copy = copy.map(|(insert, id)| {
+                    statements.push(insert);
+                    id
+                });
                 tasks::commit(db, lease, statements).await.map_err(|e| e.context("recording the archive"))?;
+                if let Some(id) = copy {
+                    replicas::send_first(self.env, &id).await;
+                }
                 delete_all(&mut store, &superseded).await;
                 store.clear_staging(&checkpoint.plan.staging_prefix, &self.label).await;
                 console_log!(

@@ -14,10 +14,12 @@
 //! forever.
 
 mod operations;
+mod replicas;
 
 use platform::d1_source::D1Source;
 use platform::meta::{self, Attempt, RunView};
 use platform::r2_store::R2Store;
+use platform::replicas::ObjectKind;
 use platform::tasks::{self, meta_error, Disposition, StepBody, StepOutcome};
 use platform::{bindings, config, now};
 use shared::backup::{backup_step, discard, BackupCheckpoint, BackupProgress, BackupTarget, PART_SIZE};
@@ -37,6 +39,8 @@ use worker::*;
 const DEAD_LETTER_QUEUE: &str = "backup-jobs-dlq";
 /// Name of the queue of verifications and restores (see consumer/wrangler.toml).
 const OPERATION_QUEUE: &str = "restore-jobs";
+/// Name of the queue of off-site copies (see consumer/wrangler.toml).
+const OFFSITE_QUEUE: &str = "offsite-jobs";
 /// Binding through which unreadable messages are forwarded to the dead-letter queue.
 const DEAD_LETTERS: &str = "DEAD_LETTERS";
 
@@ -83,6 +87,8 @@ pub async fn queue(batch: RawBatch, env: Env, _ctx: JsValue) -> std::result::Res
             bury(&env, &delivery).await;
         } else if queue_name == OPERATION_QUEUE {
             operations::operate(&env, &delivery).await;
+        } else if queue_name == OFFSITE_QUEUE {
+            replicas::copy(&env, &delivery).await;
         } else {
             back_up(&env, &delivery).await;
         }
@@ -318,7 +324,18 @@ impl StepBody for BackupTask<'_> {
                 ];
                 let attempt = self.attempt(lease, "succeeded", None, None);
                 statements.extend(meta::backup_statements(db, &self.run, &key, &summary, &attempt, now()).map_err(meta_error)?);
+                // The off-site copy is due from the moment the backup is recorded.
+                let offsite = self.settings.offsite.as_ref();
+                let copy = platform::replicas::queue_copy(db, offsite, ObjectKind::Backup, &summary.key, summary.bytes, &summary.sha256, now())
+                    .map_err(meta_error)?;
+                let copy = copy.map(|(insert, id)| {
+                    statements.push(insert);
+                    id
+                });
                 tasks::commit(db, lease, statements).await.map_err(|e| e.context("recording the backup"))?;
+                if let Some(id) = copy {
+                    platform::replicas::send_first(self.env, &id).await;
+                }
                 // The superseded tail goes with the whole staging area.
                 drop(superseded);
                 store.inner.clear_staging(&target.staging_prefix, &label).await;

@@ -10,6 +10,8 @@ pub mod http;
 pub mod meta;
 pub mod operations;
 pub mod r2_store;
+pub mod replicas;
+pub mod s3_store;
 pub mod reports;
 pub mod tasks;
 
@@ -25,6 +27,8 @@ pub mod bindings {
     pub const ARCHIVE_QUEUE: &str = "ARCHIVE_QUEUE";
     /// The queue of verifications and restores (consumed by the consumer).
     pub const RESTORE_QUEUE: &str = "RESTORE_QUEUE";
+    /// The queue of off-site copies (consumed by the consumer).
+    pub const OFFSITE_QUEUE: &str = "OFFSITE_QUEUE";
     /// The scratch D1 database verifications restore into; it holds nothing else.
     pub const VERIFY_DB: &str = "VERIFY_DB";
 }

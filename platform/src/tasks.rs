@@ -412,6 +412,10 @@ async fn send_task_message(env: &Env, db: &D1Database, kind: TaskKind, id: &str,
             let message = ArchiveMessage::new(parse_id(id)?, &row.week).continuation(step);
             env.queue(crate::bindings::ARCHIVE_QUEUE)?.send(MessageBuilder::new(message).build()).await?;
         }
+        TaskKind::Replica => {
+            let message = shared::message::ReplicaMessage::new(parse_id(id)?).continuation(step);
+            env.queue(crate::bindings::OFFSITE_QUEUE)?.send(message).await?;
+        }
     }
     Ok(true)
 }

@@ -73,7 +73,7 @@ async fn route(req: &mut Request, env: &Env, settings: &Settings) -> Result<Resp
         (Method::Get, ["jobs", id]) => job(env, id).await,
         (Method::Get, ["list"]) => list(req, env).await,
         (Method::Get, ["openapi.json"]) => openapi(),
-        (Method::Get, ["metrics"]) => metrics(env).await,
+        (Method::Get, ["metrics"]) => metrics(env, settings).await,
         (Method::Get, ["jobs"]) => recent_jobs(req, env).await,
         (Method::Get, ["dead-letters"]) => dead_letters(req, env).await,
         (Method::Get, ["restore-guide", database]) => restore_guide(req, env, settings, database).await,

@@ -55,7 +55,7 @@ pub(crate) fn next_runs(after: DateTime<Utc>) -> Vec<serde_json::Value> {
 }
 
 /// `GET /metrics`: Prometheus text format.
-pub(crate) async fn metrics(env: &Env) -> Result<Response> {
+pub(crate) async fn metrics(env: &Env, settings: &Settings) -> Result<Response> {
     let meta_db = env.d1(bindings::META)?;
     let health = reports::database_health(&meta_db).await?;
     let storage = reports::storage_totals(&meta_db).await?;
@@ -117,6 +117,17 @@ pub(crate) async fn metrics(env: &Env) -> Result<Response> {
     for t in &storage {
         m.sample("d1_backup_storage_bytes", &[("kind", &t.kind)], t.bytes as f64);
     }
+    if settings.offsite.is_some() {
+        let offsite = platform::replicas::summary(&meta_db).await?;
+        m.family("d1_backup_offsite_lag_seconds", "How long the oldest object not yet copied off-site has waited (0: all copied).", MetricType::Gauge);
+        m.sample("d1_backup_offsite_lag_seconds", &[], offsite.lag_seconds(now()) as f64);
+        m.family("d1_backup_offsite_copies", "Off-site copies by state.", MetricType::Gauge);
+        for (state, n) in [("copied", offsite.copied), ("pending", offsite.pending), ("dead", offsite.dead)] {
+            m.sample("d1_backup_offsite_copies", &[("state", state)], n as f64);
+        }
+        m.family("d1_backup_offsite_bytes", "Bytes copied off-site (not deleted there).", MetricType::Gauge);
+        m.sample("d1_backup_offsite_bytes", &[], offsite.copied_bytes as f64);
+    }
     let mut response = Response::ok(m.finish())?;
     response.headers_mut().set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")?;
     Ok(response)
@@ -148,6 +159,7 @@ pub(crate) async fn status(env: &Env, settings: &Settings) -> Result<Response> {
     let storage = reports::storage_totals(&meta_db).await?;
     let verification = reports::latest_verifications(&meta_db).await?;
     let databases: Vec<String> = settings.databases.iter().map(|d| d.name.clone()).collect();
+    let offsite = offsite_status(&meta_db, settings).await?;
     let status = match &last_job {
         None => "no backups yet",
         Some(job) => match job.status {
@@ -171,8 +183,37 @@ pub(crate) async fn status(env: &Env, settings: &Settings) -> Result<Response> {
             "storage": storage,
             "databases": databases,
             "verification": verification,
+            "offsite": offsite,
         }),
     )
+}
+
+/// The off-site copies at a glance: where they go, how many are done, waiting or dead, the
+/// replication lag (how long the oldest object not yet off-site has waited) and the newest error.
+async fn offsite_status(meta_db: &D1Database, settings: &Settings) -> Result<serde_json::Value> {
+    let Some(config) = &settings.offsite else {
+        return Ok(serde_json::json!({ "configured": false }));
+    };
+    let summary = platform::replicas::summary(meta_db).await?;
+    let retention = match config.retention {
+        shared::offsite::OffsiteRetention::Mirror { grace_days } => format!("mirror, {grace_days} days after the local copy"),
+        shared::offsite::OffsiteRetention::AppendOnly => "append-only".into(),
+    };
+    Ok(serde_json::json!({
+        "configured": true,
+        "endpoint": config.endpoint,
+        "bucket": config.bucket,
+        "prefix": config.prefix,
+        "retention": retention,
+        "lagSeconds": summary.lag_seconds(now()),
+        "copied": summary.copied,
+        "copiedBytes": summary.copied_bytes,
+        "pending": summary.pending,
+        "dead": summary.dead,
+        "lastCopiedAt": summary.last_copied_at,
+        "lastError": summary.last_error,
+        "lastErrorKey": summary.last_error_key,
+    }))
 }
 
 /// `GET /list`: the inventory, newest first, a page at a time.

@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 #[serde(rename_all = "camelCase")]
 pub struct Alert {
     /// `run_dead`, `message_rejected`, `job_failed`, `job_succeeded`, `backup_stale`,
-    /// `backup_shrank`, `schema_changed`, `verify_failed`, `archive_member_bad`, `archive_dead`.
+    /// `backup_shrank`, `schema_changed`, `verify_failed`, `archive_member_bad`, `archive_dead`,
+    /// `replica_dead`.
     pub kind: String,
     pub database: Option<String>,
     pub job_id: Option<String>,
@@ -91,6 +92,7 @@ fn title(alert: &Alert) -> String {
         "verify_failed" => "Backup verification failed",
         "archive_member_bad" => "Daily left out of the weekly archive",
         "archive_dead" => "Weekly archive failed",
+        "replica_dead" => "Off-site copy failed",
         other => other,
     };
     match &alert.database {

@@ -365,6 +365,11 @@ pub struct Settings {
     pub lease_margin_seconds: u32,
     /// `ENVIRONMENT` (`local` or `test` allow fault injection).
     pub environment: Option<String>,
+    /// `OFFSITE` (with the secrets `OFFSITE_ACCESS_KEY_ID` and `OFFSITE_SECRET_ACCESS_KEY`):
+    /// where every finished backup and weekly archive is copied off-site; `None`: nowhere.
+    pub offsite: Option<crate::offsite::OffsiteConfig>,
+    /// `OFFSITE_MAX_ATTEMPTS`: failed attempts of one step of an off-site copy before it is dead.
+    pub offsite_max_attempts: u32,
     /// `AGE_IDENTITY` (a secret, the consumer's only): the age secret key that lets
     /// verification and restores read encrypted dumps. Without it they cannot be read here.
     pub age_identity: Option<Identity>,
@@ -374,6 +379,7 @@ impl Settings {
     pub const DEFAULT_BACKUP_MAX_ATTEMPTS: u32 = 6;
     pub const DEFAULT_SWEEP_GRACE_SECONDS: u32 = 300;
     pub const DEFAULT_LEASE_MARGIN_SECONDS: u32 = 120;
+    pub const DEFAULT_OFFSITE_MAX_ATTEMPTS: u32 = 8;
 
     /// Reads every setting: `get` returns a var's text (`None` when unset), `databases` the
     /// `DATABASES` object when the Worker has one.
@@ -408,6 +414,8 @@ impl Settings {
             },
             lease_margin_seconds: read_count(&get, "LEASE_MARGIN_SECONDS", Self::DEFAULT_LEASE_MARGIN_SECONDS, 3_600)?,
             environment: get("ENVIRONMENT"),
+            offsite: crate::offsite::OffsiteConfig::from_vars(&get)?,
+            offsite_max_attempts: read_count(&get, "OFFSITE_MAX_ATTEMPTS", Self::DEFAULT_OFFSITE_MAX_ATTEMPTS, 100)?,
             age_identity: match get("AGE_IDENTITY") {
                 None => None,
                 Some(text) => Some(Identity::parse(&text).map_err(|e| ConfigError(format!("AGE_IDENTITY: {e}")))?),
@@ -427,6 +435,7 @@ impl Settings {
             TaskKind::Backup => (self.backup_max_attempts, self.export.max_seconds),
             TaskKind::Operation => (self.operation.max_attempts, self.export.max_seconds),
             TaskKind::Archive => (self.archive.max_attempts, u64::from(self.archive.max_seconds)),
+            TaskKind::Replica => (self.offsite_max_attempts, self.export.max_seconds),
         };
         TaskPolicy { max_attempts, retry: self.retry, step_seconds, lease_margin_seconds: u64::from(self.lease_margin_seconds) }
     }

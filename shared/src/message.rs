@@ -114,6 +114,33 @@ impl OperationMessage {
     }
 }
 
+/// Copy (or continue copying) one stored object off-site. The consumer's `offsite-jobs` queue
+/// carries these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaMessage {
+    pub v: u32,
+    pub replica_id: Uuid,
+    /// As for [`BackupMessage::step`].
+    #[serde(default)]
+    pub step: u32,
+}
+
+impl ReplicaMessage {
+    pub fn new(replica_id: Uuid) -> Self {
+        ReplicaMessage { v: MESSAGE_VERSION, replica_id, step: 0 }
+    }
+
+    pub fn continuation(&self, step: u32) -> ReplicaMessage {
+        ReplicaMessage { step, ..self.clone() }
+    }
+
+    /// Parses a message body, refusing unknown versions.
+    pub fn from_json(value: serde_json::Value) -> Result<ReplicaMessage, String> {
+        parse_versioned(value, "replica")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,7 +43,8 @@ pub struct OffsiteConfig {
     pub retention: OffsiteRetention,
     /// Bytes per part of a multipart copy.
     pub part_size: usize,
-    pub credentials: Credentials,
+    /// The key pair, from secrets only the consumer needs (`None` where they are not set).
+    pub credentials: Option<Credentials>,
 }
 
 #[derive(Deserialize)]
@@ -109,9 +110,7 @@ impl OffsiteConfig {
         if !(MIN_PART_MB..=512).contains(&var.part_mb) {
             return Err(bad(format!("partMb must be from {MIN_PART_MB} to 512, not {}", var.part_mb)));
         }
-        let secret = |name: &str| {
-            get(name).filter(|v| !v.trim().is_empty()).ok_or_else(|| bad(format!("the secret {name} is not set")))
-        };
+        let secret = |name: &str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         Ok(Some(OffsiteConfig {
             endpoint,
             region: var.region,
@@ -119,12 +118,21 @@ impl OffsiteConfig {
             prefix: var.prefix,
             retention,
             part_size: var.part_mb as usize * 1024 * 1024,
-            credentials: Credentials {
-                access_key_id: secret("OFFSITE_ACCESS_KEY_ID")?,
-                secret_access_key: secret("OFFSITE_SECRET_ACCESS_KEY")?,
-                session_token: None,
+            credentials: match (secret("OFFSITE_ACCESS_KEY_ID"), secret("OFFSITE_SECRET_ACCESS_KEY")) {
+                (Some(access_key_id), Some(secret_access_key)) => {
+                    Some(Credentials { access_key_id, secret_access_key, session_token: None })
+                }
+                (None, None) => None,
+                _ => return Err(bad("set both OFFSITE_ACCESS_KEY_ID and OFFSITE_SECRET_ACCESS_KEY, or neither".into())),
             },
         }))
+    }
+
+    /// The key pair the copies are signed with, or why there is none.
+    pub fn credentials(&self) -> Result<&Credentials, PortError> {
+        self.credentials.as_ref().ok_or_else(|| {
+            PortError::rejected("the secrets OFFSITE_ACCESS_KEY_ID and OFFSITE_SECRET_ACCESS_KEY are not set on the consumer")
+        })
     }
 
     /// The off-site key of the local object `key`.
@@ -160,8 +168,8 @@ pub struct S3Request {
 }
 
 /// Signs `call` for `config`'s bucket (path-style addressing, which every S3-compatible store
-/// accepts) at `time`.
-pub fn s3_request(config: &OffsiteConfig, time: DateTime<Utc>, call: &S3Call<'_>) -> S3Request {
+/// accepts) with `credentials` at `time`.
+pub fn s3_request(config: &OffsiteConfig, credentials: &Credentials, time: DateTime<Utc>, call: &S3Call<'_>) -> S3Request {
     let (method, key, query, payload, extra): (&'static str, &str, Vec<(String, String)>, &str, Vec<(String, String)>) =
         match *call {
             S3Call::Put { key, payload_sha256, content_type } => {
@@ -206,7 +214,7 @@ pub fn s3_request(config: &OffsiteConfig, time: DateTime<Utc>, call: &S3Call<'_>
     headers.extend(extra);
     let path = format!("/{}/{key}", config.bucket);
     let request = Request { method, path: &path, query: &query, headers: &headers, payload_sha256: payload };
-    let authorization = sigv4::authorization(&config.credentials, &scope, &request);
+    let authorization = sigv4::authorization(credentials, &scope, &request);
     let query_text = sigv4::canonical_query(&query);
     let url = format!(
         "{}{}{}{}",
@@ -466,14 +474,18 @@ mod tests {
             assert!(err.0.starts_with("OFFSITE: ") && err.0.contains(why), "{var}: {err}");
         }
         let no_secret = |name: &str| (name == "OFFSITE").then(|| r#"{"endpoint": "https://h", "region": "auto", "bucket": "abc"}"#.into());
-        assert!(OffsiteConfig::from_vars(&no_secret).unwrap_err().0.contains("OFFSITE_ACCESS_KEY_ID"));
+        let without = OffsiteConfig::from_vars(&no_secret).unwrap().unwrap();
+        assert!(without.credentials().unwrap_err().message.contains("OFFSITE_ACCESS_KEY_ID"));
+        let one_secret = |name: &str| no_secret(name).or((name == "OFFSITE_ACCESS_KEY_ID").then(|| "AKID".into()));
+        assert!(OffsiteConfig::from_vars(&one_secret).unwrap_err().0.contains("or neither"));
     }
 
     #[test]
     fn requests_are_path_style_and_signed_over_their_payload() {
         let time = Utc.with_ymd_and_hms(2026, 12, 3, 4, 5, 6).unwrap();
         let part = S3Call::UploadPart { key: "d1/daily/2026-12-03/a b.sql", upload_id: "u/1", number: 2, payload_sha256: "ab" };
-        let r = s3_request(&config(), time, &part);
+        let c = config();
+        let r = s3_request(&c, c.credentials().unwrap(), time, &part);
         assert_eq!(r.method, "PUT");
         assert_eq!(r.url, "http://127.0.0.1:9000/backups/d1/daily/2026-12-03/a%20b.sql?partNumber=2&uploadId=u%2F1");
         let header = |n: &str| r.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
@@ -482,7 +494,7 @@ mod tests {
         let auth = header("authorization").unwrap();
         assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKID/20261203/us-east-1/s3/aws4_request, "), "{auth}");
         assert!(auth.contains("SignedHeaders=host;x-amz-content-sha256;x-amz-date,"), "{auth}");
-        let create = s3_request(&config(), time, &S3Call::CreateMultipart { key: "k", content_type: "application/gzip" });
+        let create = s3_request(&c, c.credentials().unwrap(), time, &S3Call::CreateMultipart { key: "k", content_type: "application/gzip" });
         assert_eq!((create.method, create.url.as_str()), ("POST", "http://127.0.0.1:9000/backups/k?uploads="));
     }
 

@@ -1,5 +1,5 @@
-//! The durable task engine behind backups (runs), verifications and restores (operations) and
-//! weekly archives (archive jobs).
+//! The durable task engine behind backups (runs), verifications and restores (operations),
+//! weekly archives (archive jobs) and off-site copies (replicas).
 //!
 //! A task advances in steps, one queue message per step. Whatever the kind, a delivery goes
 //! through the same protocol:
@@ -39,16 +39,19 @@ pub enum TaskKind {
     Operation,
     /// A weekly archive (`archive_jobs`).
     Archive,
+    /// An object copied off-site (`replicas`).
+    Replica,
 }
 
 impl TaskKind {
-    pub const ALL: [TaskKind; 3] = [TaskKind::Backup, TaskKind::Operation, TaskKind::Archive];
+    pub const ALL: [TaskKind; 4] = [TaskKind::Backup, TaskKind::Operation, TaskKind::Archive, TaskKind::Replica];
 
     pub fn table(self) -> &'static str {
         match self {
             TaskKind::Backup => "runs",
             TaskKind::Operation => "operations",
             TaskKind::Archive => "archive_jobs",
+            TaskKind::Replica => "replicas",
         }
     }
 
@@ -57,6 +60,7 @@ impl TaskKind {
             TaskKind::Backup => "backup",
             TaskKind::Operation => "operation",
             TaskKind::Archive => "archive",
+            TaskKind::Replica => "replica",
         }
     }
 }

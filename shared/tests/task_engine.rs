@@ -36,7 +36,11 @@ fn seed(conn: &Connection) {
          INSERT INTO operations (id, kind, state, source_key, database, plan, requested_at, updated_at, next_attempt_at)
            VALUES ('operation', 'verify', 'queued', 'daily/2026-12-03/db.sql', 'db', '{{}}', '{t}', '{t}', '{t}');
          INSERT INTO archive_jobs (id, week, trigger, state, r2_key, requested_at, queued_at, updated_at, next_attempt_at)
-           VALUES ('archive', '2026-W48', 'cron', 'queued', 'weekly/2026-W48.tar.gz', '{t}', '{t}', '{t}', '{t}');",
+           VALUES ('archive', '2026-W48', 'cron', 'queued', 'weekly/2026-W48.tar.gz', '{t}', '{t}', '{t}', '{t}');
+         INSERT INTO replicas (id, source_key, object_kind, offsite_key, state, bytes, sha256, stored_at, queued_at,
+             updated_at, next_attempt_at)
+           VALUES ('replica', 'daily/2026-12-03/db.sql', 'backup', 'd1/daily/2026-12-03/db.sql', 'queued', 10, 'ab',
+             '{t}', '{t}', '{t}', '{t}');",
         t = ts(0)
     ))
     .unwrap();
