@@ -134,6 +134,15 @@ impl StepBody for ReplicaTask<'_> {
                 ];
                 tasks::commit(db, lease, statements).await.map_err(|e| e.context("recording the copy"))?;
                 console_log!("{}: {} ({bytes} bytes) is off-site at {}", self.label, plan.source_key, plan.offsite_key);
+                // Mirrored retention follows each copy (copies are made nightly): it never fails
+                // the copy that ran it.
+                match replicas::prune(db, &mut dest, config, now()).await {
+                    Ok(deleted) if !deleted.is_empty() => {
+                        console_log!("{}: mirrored retention deleted {} off-site: {deleted:?}", self.label, deleted.len())
+                    }
+                    Ok(_) => {}
+                    Err(e) => console_error!("{}: mirrored retention failed: {e}", self.label),
+                }
                 Ok(StepOutcome::Finished)
             }
         }

@@ -6,7 +6,8 @@ use crate::meta::{number, opt_text, statement, text, timestamp};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::message::ReplicaMessage;
-use shared::offsite::{OffsiteConfig, ReplicaPlan};
+use shared::offsite::{OffsiteConfig, OffsiteRetention, ReplicaPlan};
+use shared::ports::ObjectStore;
 use shared::task::TaskState;
 use uuid::Uuid;
 use worker::{D1Database, D1PreparedStatement, Env, Result};
@@ -150,6 +151,49 @@ pub fn dead_alert(db: &D1Database, replica: &ReplicaView, error: &str, now: Date
             text(&timestamp(now)),
         ],
     )
+}
+
+/// Mirrored retention: deletes off-site the copies whose local object retention deleted more
+/// than the grace period ago (never under `append-only`), a bounded number per call, and
+/// records each deletion. Only a copy this system made is deleted, at the key it recorded.
+/// Returns the keys deleted off-site.
+pub async fn prune<D: ObjectStore>(db: &D1Database, dest: &mut D, config: &OffsiteConfig, now: DateTime<Utc>) -> Result<Vec<String>> {
+    /// Deletions per call: a call stays well inside one invocation's subrequests.
+    const PRUNE_LIMIT: u64 = 50;
+    let OffsiteRetention::Mirror { grace_days } = config.retention else { return Ok(Vec::new()) };
+    #[derive(Deserialize)]
+    struct Due {
+        id: String,
+        offsite_key: String,
+        local_deleted_at: String,
+    }
+    let cutoff = timestamp(now - chrono::Duration::days(i64::from(grace_days)));
+    let due: Vec<Due> = statement(
+        db,
+        "SELECT r.id, r.offsite_key, coalesce(b.deleted_at, a.deleted_at) AS local_deleted_at FROM replicas AS r \
+           LEFT JOIN backups AS b ON r.object_kind = 'backup' AND b.key = r.source_key \
+           LEFT JOIN archives AS a ON r.object_kind = 'archive' AND a.key = r.source_key \
+         WHERE r.state = 'succeeded' AND r.deleted_at IS NULL AND coalesce(b.deleted_at, a.deleted_at) <= ?1 \
+         ORDER BY local_deleted_at LIMIT ?2",
+        &[text(&cutoff), number(PRUNE_LIMIT)],
+    )?
+    .all()
+    .await?
+    .results()?;
+    let mut deleted = Vec::new();
+    for copy in due {
+        dest.delete(&copy.offsite_key).await.map_err(|e| worker::Error::RustError(e.message))?;
+        let reason = format!("mirrored retention: deleted locally at {}, {grace_days} days' grace", copy.local_deleted_at);
+        statement(
+            db,
+            "UPDATE replicas SET deleted_at = ?2, delete_reason = ?3, updated_at = ?2 WHERE id = ?1",
+            &[text(&copy.id), text(&timestamp(now)), text(&reason)],
+        )?
+        .run()
+        .await?;
+        deleted.push(copy.offsite_key);
+    }
+    Ok(deleted)
 }
 
 /// Off-site copies at a glance, for `/status` and `/metrics`.

@@ -51,8 +51,8 @@ def s3():
         process.wait(timeout=10)
 
 
-def offsite_vars(endpoint: str, bucket: str) -> dict:
-    config = {"endpoint": endpoint, "region": "us-east-1", "bucket": bucket, "prefix": PREFIX, "partMb": 5}
+def offsite_vars(endpoint: str, bucket: str, **options) -> dict:
+    config = {"endpoint": endpoint, "region": "us-east-1", "bucket": bucket, "prefix": PREFIX, "partMb": 5, **options}
     # As a TOML basic string in [vars]: its quotes escaped.
     return {"OFFSITE": json.dumps(config).replace('"', '\\"'), "OFFSITE_ACCESS_KEY_ID": "test-key",
             "OFFSITE_SECRET_ACCESS_KEY": "test-secret", "OFFSITE_MAX_ATTEMPTS": "2", **FAST_RETRIES}
@@ -129,5 +129,49 @@ def test_a_missing_bucket_fails_the_copy_clearly_and_never_the_backup(s3):
         alerts = s.d1_query(META, "SELECT kind, message FROM alerts WHERE kind = 'replica_dead'")
         assert len(alerts) == 1 and run["r2Key"] in alerts[0]["message"], alerts
         assert "no-such-bucket" not in [b["Name"] for b in client.list_buckets()["Buckets"]]
+    finally:
+        s.stop()
+
+
+def copied_backup(stack: Stack) -> str:
+    """A new backup of chinook, once its off-site copy is done: its key."""
+    r = stack.admin("POST", "/trigger", {"databases": ["chinook"]})
+    job = stack.wait_for_job(r.json()["jobId"], timeout=120)
+    (run,) = job["runs"]
+    wait_until(lambda: replicas(stack).get(run["r2Key"], {}).get("state") == "succeeded", "the copy", timeout=60)
+    return run["r2Key"]
+
+
+def exists(client, offsite_key: str) -> bool:
+    return client.list_objects_v2(Bucket="offsite-copies", Prefix=offsite_key).get("KeyCount", 0) == 1
+
+
+@pytest.mark.parametrize("retention", ["mirror", "append-only"])
+def test_retention_is_mirrored_after_the_grace_period_or_never_when_append_only(s3, retention):
+    endpoint, client = s3
+    s = Stack(ROOT / "target" / "e2e" / f"offsite-{retention}-{uuid.uuid4().hex[:8]}", databases=["chinook"],
+              verify=False, all_vars=offsite_vars(endpoint, "offsite-copies", retention=retention, graceDays=1,
+                                                  prefix=f"{retention}/"))
+    prefix = f"{retention}/"
+    try:
+        s.start()
+        gone, recent, kept = copied_backup(s), copied_backup(s), copied_backup(s)
+        # Retention deleted two of them locally: one two days ago (past the grace), one an hour ago.
+        s.d1_execute(META, f"UPDATE backups SET deleted_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 days'), "
+                           f"delete_reason = 'test' WHERE key = '{gone}'; "
+                           f"UPDATE backups SET deleted_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hours'), "
+                           f"delete_reason = 'test' WHERE key = '{recent}'")
+        trigger = copied_backup(s)  # mirrored retention follows each copy
+        assert all(exists(client, prefix + k) for k in (recent, kept, trigger))
+        rows = replicas(s)
+        if retention == "mirror":
+            assert not exists(client, prefix + gone), "a copy past its grace period is deleted off-site"
+            assert rows[gone]["deleted_at"] and "mirrored retention" in rows[gone]["delete_reason"], rows[gone]
+        else:
+            assert exists(client, prefix + gone), "append-only never deletes off-site"
+            assert rows[gone]["deleted_at"] is None
+        assert rows[recent]["deleted_at"] is None and rows[kept]["deleted_at"] is None
+        status = s.admin("GET", "/status").json()["offsite"]
+        assert status["retention"].startswith(retention), status
     finally:
         s.stop()
