@@ -180,7 +180,9 @@ restore_report = {
         "source": {"oneOf": [
             {"type": "object", "required": ["from", "key"], "properties": {"from": {"const": "object"}, "key": {"type": "string"}}},
             {"type": "object", "required": ["from", "archive"], "properties": {
-                "from": {"const": "weekly_archive"}, "archive": {"type": "string"}}}]}}},
+                "from": {"const": "weekly_archive"}, "archive": {"type": "string"}}},
+            {"type": "object", "required": ["from", "bucket", "key"], "properties": {
+                "from": {"const": "offsite"}, "bucket": {"type": "string"}, "key": {"type": "string"}}}]}}},
     "target": {"type": "object", "required": ["database", "empty", "contents"], "properties": {
         "database": {"type": "string"}, "empty": {"type": "boolean"},
         "contents": {"type": "object", "required": ["tables", "otherObjects"], "properties": {
@@ -284,12 +286,13 @@ paths = {
                                   "table": {"type": "string", "minLength": 1, "maxLength": 1024, "description": "restore this table alone"},
                                   "dryRun": {"type": "boolean", "default": True, "description": "report what would happen, change nothing"},
                                   "confirm": {"type": "string", "description": "the target's name again: required over a database that holds anything"},
-                                  "allowUnverified": {"type": "boolean", "default": False, "description": "restore a backup whose verification failed"}}}}}},
+                                  "allowUnverified": {"type": "boolean", "default": False, "description": "restore a backup whose verification failed"},
+                                  "from": {"enum": ["r2", "offsite"], "default": "r2", "description": "read the backup from R2 or from its off-site copy (OFFSITE)"}}}}}},
                           "responses": {**ok("the dry run's report", {"$ref": "#/components/schemas/RestoreDryRun"}),
                                         **ok("queued (after a backup of the target when it holds anything)",
                                              {"$ref": "#/components/schemas/RestoreQueued"}, "202"),
                                         "400": err("bad body"), "404": err("no such backup, or no readable copy of it"),
-                                        "409": err("the target holds data and confirm does not name it, or the backup failed its verification and allowUnverified is not set"),
+                                        "409": err("the target holds data and confirm does not name it, the backup failed its verification and allowUnverified is not set, or from is offsite without OFFSITE"),
                                         "413": err("body too large"), "422": err("unknown target database or table"),
                                         **ADMIN_ERRORS}}},
     "/operations": {"get": {"summary": "Newest verifications and restores",

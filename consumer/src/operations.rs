@@ -11,6 +11,7 @@ use platform::d1_source::D1Target;
 use platform::meta;
 use platform::operations::{self, OperationView};
 use platform::r2_store::R2Store;
+use platform::s3_store::S3Store;
 use platform::tasks::{self, meta_error, StepBody, StepOutcome};
 use platform::{bindings, now};
 use shared::config::Settings;
@@ -182,7 +183,7 @@ impl OperationTask<'_> {
             return Ok(None);
         }
         let dump_encrypted = match &plan.source {
-            DumpSource::Stored(dump) => dump.encrypted,
+            DumpSource::Stored(dump) | DumpSource::Offsite(dump) => dump.encrypted,
             DumpSource::Archived(member) => member.path.ends_with(".age"),
         };
         if dump_encrypted {
@@ -274,7 +275,20 @@ impl StepBody for OperationTask<'_> {
             OperationPhase::RollingBack { .. } => self.rollback(db).await?,
             _ => Rollback::Empty,
         };
-        let progress = match operation_step(&mut target, &mut store, &clock, &plan, budget, phase.clone(), lease.token, &rollback).await {
+        // A restore from the off-site copy reads it there; everything else (a rollback, a copy
+        // out of an archive, staging) is in R2.
+        let stepped = if plan.reads_offsite(&phase) {
+            let config = self
+                .settings
+                .offsite
+                .as_ref()
+                .ok_or_else(|| TaskError::permanent("the restore reads the off-site copy but OFFSITE is no longer configured"))?;
+            let mut offsite = S3Store::new(config).map_err(|e| TaskError::permanent(e.message))?;
+            operation_step(&mut target, &mut offsite, &clock, &plan, budget, phase.clone(), lease.token, &rollback).await
+        } else {
+            operation_step(&mut target, &mut store, &clock, &plan, budget, phase.clone(), lease.token, &rollback).await
+        };
+        let progress = match stepped {
             Ok(progress) => progress,
             // The last attempt of a restore that has changed its target: put the target back
             // instead of leaving it half restored.

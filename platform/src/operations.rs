@@ -10,6 +10,7 @@ use shared::restore::extract::ArchivedDump;
 use shared::restore::operation::{DumpSource, OperationKind, OperationOutcome, OperationPlan};
 use shared::dump::{SchemaObject, Sequence};
 use shared::restore::verify::VerifyState;
+use shared::restore::request::RestoreFrom;
 use shared::restore::DumpObject;
 use uuid::Uuid;
 use worker::wasm_bindgen::JsValue;
@@ -306,12 +307,14 @@ pub struct ResolvedBackup {
 }
 
 /// Finds the backup stored at `key`: its own object while it exists (unless `week` asks for
-/// the weekly archive), else its copy in a live weekly archive. `Ok(Err(reason))` when there
-/// is no such backup or no readable copy of it.
+/// the weekly archive), else its copy in a live weekly archive; or, `from` off-site, its copy
+/// there (whether or not retention deleted it here). `Ok(Err(reason))` when there is no such
+/// backup or no readable copy of it.
 pub async fn resolve_backup(
     db: &D1Database,
     key: &str,
     week: Option<&str>,
+    from: RestoreFrom,
 ) -> Result<std::result::Result<ResolvedBackup, String>> {
     #[derive(Deserialize)]
     struct Row {
@@ -369,6 +372,26 @@ pub async fn resolve_backup(
         },
         sequences: row.sequences.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default(),
     };
+    if from == RestoreFrom::Offsite {
+        #[derive(Deserialize)]
+        struct Copy {
+            offsite_key: String,
+        }
+        let copy: Option<Copy> = statement(
+            db,
+            "SELECT offsite_key FROM replicas WHERE source_key = ?1 AND state = 'succeeded' AND deleted_at IS NULL",
+            &[text(key)],
+        )?
+        .first(None)
+        .await?;
+        return Ok(match copy {
+            Some(copy) => {
+                resolved.source = DumpSource::Offsite(DumpObject::named(&copy.offsite_key, &row.sha256));
+                Ok(resolved)
+            }
+            None => Err(format!("{key} has no off-site copy (see /status: offsite); restore it from R2")),
+        });
+    }
     if row.deleted_at.is_none() && week.is_none() {
         return Ok(Ok(resolved));
     }

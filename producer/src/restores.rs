@@ -10,8 +10,8 @@ use platform::operations::{self, NewOperation, ResolvedBackup};
 use platform::{bindings, now};
 use shared::config::Settings;
 use shared::keys::BackupKind;
-use shared::restore::operation::{OperationKind, OperationPlan};
-use shared::restore::request::parse_restore_request;
+use shared::restore::operation::{DumpSource, OperationKind, OperationPlan};
+use shared::restore::request::{parse_restore_request, RestoreFrom};
 use shared::restore::verify::VerifyState;
 use shared::task::TaskState;
 use shared::trigger::TriggerPlan;
@@ -50,7 +50,7 @@ pub(crate) async fn verify_run(env: &Env, settings: &Settings, run_id: &str) -> 
     if state != TaskState::Succeeded {
         return error(409, "not_verifiable", format!("run {run_id} is {state}: only a succeeded run has a dump to verify"));
     }
-    let backup = match operations::resolve_backup(&meta_db, &key, None).await? {
+    let backup = match operations::resolve_backup(&meta_db, &key, None, RestoreFrom::R2).await? {
         Ok(backup) => backup,
         Err(reason) => return error(409, "backup_unavailable", reason),
     };
@@ -83,8 +83,11 @@ pub(crate) async fn restore(req: &mut Request, env: &Env, settings: &Settings) -
         Ok(request) => request,
         Err(e) => return api_error(e),
     };
+    if request.from == RestoreFrom::Offsite && settings.offsite.is_none() {
+        return error(409, "offsite_not_configured", "\"from\": \"offsite\" needs OFFSITE: no copy is kept off-site");
+    }
     let meta_db = env.d1(bindings::META)?;
-    let backup = match operations::resolve_backup(&meta_db, &request.backup, request.week.as_deref()).await? {
+    let backup = match operations::resolve_backup(&meta_db, &request.backup, request.week.as_deref(), request.from).await? {
         Ok(backup) => backup,
         Err(reason) => return error(404, "backup_unavailable", reason),
     };
@@ -128,9 +131,14 @@ pub(crate) async fn restore(req: &mut Request, env: &Env, settings: &Settings) -
         Some(table) => format!("restore table {table:?} ({rows} rows) with its indexes and triggers from {}", backup.key),
         None => format!("restore {} tables and {} rows from {}", backup.tables, backup.rows, backup.key),
     });
-    let source = match &backup.archive_key {
-        Some(archive) => serde_json::json!({ "from": "weekly_archive", "archive": archive }),
-        None => serde_json::json!({ "from": "object", "key": backup.key }),
+    let source = match (&backup.source, &backup.archive_key) {
+        (DumpSource::Offsite(copy), _) => serde_json::json!({
+            "from": "offsite",
+            "bucket": settings.offsite.as_ref().map(|o| o.bucket.clone()),
+            "key": copy.key,
+        }),
+        (_, Some(archive)) => serde_json::json!({ "from": "weekly_archive", "archive": archive }),
+        (_, None) => serde_json::json!({ "from": "object", "key": backup.key }),
     };
     let failed_verification = backup.verify_state == Some(VerifyState::VerifyFailed);
     if failed_verification {

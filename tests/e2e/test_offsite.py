@@ -15,6 +15,7 @@ import boto3
 import pytest
 
 from stack import ADMIN_TOKEN, FAST_RETRIES, ROOT, Stack, wait_until
+from test_verify_restore import contents
 
 META = "d1-backup-meta"
 PREFIX = "d1/"
@@ -63,7 +64,7 @@ def offsite_vars(endpoint: str, bucket: str, **options) -> dict:
 def stack(s3):
     endpoint, _ = s3
     s = Stack(ROOT / "target" / "e2e" / f"offsite-{uuid.uuid4().hex[:8]}", databases=["chinook", "bulk"],
-              verify=False, all_vars=offsite_vars(endpoint, "offsite-copies"))
+              verify=False, extra_databases=1, all_vars=offsite_vars(endpoint, "offsite-copies"))
     try:
         yield s.start()
     finally:
@@ -158,6 +159,23 @@ def copied_backup(stack: Stack) -> str:
 
 def exists(client, offsite_key: str) -> bool:
     return client.list_objects_v2(Bucket="offsite-copies", Prefix=offsite_key).get("KeyCount", 0) == 1
+
+
+def test_a_restore_reads_the_off_site_copy_when_asked_checked_like_any_other(stack):
+    key = copied_backup(stack)
+    # The local object is damaged: a restore from R2 would be refused. The off-site copy is whole.
+    stack.r2_flip_byte(key, 100)
+    dry = stack.admin("POST", "/restore", {"backup": key, "target": "fan01", "from": "offsite"})
+    assert dry.status == 200, dry.body
+    assert dry.json()["backup"]["source"] == {"from": "offsite", "bucket": "offsite-copies", "key": PREFIX + key}
+    r = stack.admin("POST", "/restore", {"backup": key, "target": "fan01", "from": "offsite", "dryRun": False})
+    assert r.status == 202, r.body
+    op = stack.wait_for_operation(r.json()["operationId"])
+    assert op["state"] == "succeeded", op
+    assert contents(stack, "fan01") == contents(stack, "chinook")
+    # A backup with no copy off-site is a clear 404, not a restore.
+    missing = stack.admin("POST", "/restore", {"backup": "daily/2020-01-01/chinook.sql", "target": "fan01", "from": "offsite"})
+    assert missing.status == 404 and missing.json()["error"] == "backup_unavailable", missing.body
 
 
 @pytest.mark.parametrize("retention", ["mirror", "append-only"])

@@ -30,6 +30,9 @@ pub enum DumpSource {
     Stored(DumpObject),
     /// A member of a weekly archive.
     Archived(ArchivedDump),
+    /// The backup's copy in the off-site bucket (read through the off-site store; its key
+    /// there, and the SHA-256 recorded for the backup).
+    Offsite(DumpObject),
 }
 
 /// Everything an operation needs, fixed when it is created.
@@ -70,7 +73,7 @@ impl OperationPlan {
                 let file = member.path.rsplit('/').next().unwrap_or("dump.sql");
                 Some(format!("{}{file}", self.staging_prefix()))
             }
-            DumpSource::Stored(_) => None,
+            DumpSource::Stored(_) | DumpSource::Offsite(_) => None,
         }
     }
 
@@ -101,10 +104,16 @@ impl OperationPlan {
         })
     }
 
+    /// Whether the dump is read from the off-site store (its check and its restore; a rollback
+    /// reads the target's backup, in R2).
+    pub fn reads_offsite(&self, phase: &OperationPhase) -> bool {
+        matches!(self.source, DumpSource::Offsite(_)) && !matches!(phase, OperationPhase::RollingBack { .. })
+    }
+
     /// The dump as the restore reads it: the stored object, or the copy out of the archive.
     fn dump(&self) -> DumpObject {
         match &self.source {
-            DumpSource::Stored(dump) => dump.clone(),
+            DumpSource::Stored(dump) | DumpSource::Offsite(dump) => dump.clone(),
             // The copy is named as the member is (its last path segment).
             DumpSource::Archived(member) => DumpObject::named(&self.extracted_key().unwrap_or_default(), &member.sha256),
         }
@@ -130,7 +139,7 @@ impl OperationPlan {
     pub fn start(&self) -> OperationPhase {
         match &self.source {
             DumpSource::Archived(_) => OperationPhase::Extracting(None),
-            DumpSource::Stored(_) => self.after_extraction(),
+            DumpSource::Stored(_) | DumpSource::Offsite(_) => self.after_extraction(),
         }
     }
 

@@ -17,7 +17,18 @@ struct Body {
     dry_run: Option<bool>,
     confirm: Option<String>,
     allow_unverified: Option<bool>,
+    from: Option<String>,
     fault: Option<Fault>,
+}
+
+/// Where a restore reads the backup from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreFrom {
+    /// R2: the backup's own object, or its weekly archive (`week`, or once retention deleted it).
+    R2,
+    /// The backup's copy in the off-site bucket (`OFFSITE`).
+    Offsite,
 }
 
 /// A restore request, well formed.
@@ -38,6 +49,7 @@ pub struct RestoreRequest {
     pub confirm: Option<String>,
     /// Restore a backup whose verification failed (refused otherwise).
     pub allow_unverified: bool,
+    pub from: RestoreFrom,
     /// Fault injection (local and test stacks only).
     pub fault: Option<Fault>,
 }
@@ -50,7 +62,8 @@ impl RestoreRequest {
 }
 
 const USAGE: &str = "send {\"backup\": \"<key from GET /list>\", \"target\": \"<configured database>\"}, \
-                     optionally with \"week\", \"table\", \"dryRun\" (default true), \"confirm\" and \"allowUnverified\"";
+                     optionally with \"week\", \"table\", \"dryRun\" (default true), \"confirm\", \"allowUnverified\" \
+                     and \"from\" (\"r2\" or \"offsite\")";
 
 /// Checks a request body against the configured databases.
 pub fn parse_restore_request(body: &[u8], configured: &[DatabaseConfig], faults_allowed: bool) -> Result<RestoreRequest, ApiError> {
@@ -72,6 +85,14 @@ pub fn parse_restore_request(body: &[u8], configured: &[DatabaseConfig], faults_
             return Err(ApiError::new(400, "invalid_week", "\"week\" must be an ISO week such as 2026-W47"));
         }
     }
+    let from = match body.from.as_deref() {
+        None | Some("r2") => RestoreFrom::R2,
+        Some("offsite") if body.week.is_some() => {
+            return Err(ApiError::new(400, "invalid_body", "\"week\" reads a weekly archive in R2: it cannot go with \"from\": \"offsite\""))
+        }
+        Some("offsite") => RestoreFrom::Offsite,
+        Some(other) => return Err(ApiError::new(400, "invalid_from", format!("\"from\" must be \"r2\" or \"offsite\", not {other:?}"))),
+    };
     let target = body.target.ok_or_else(|| ApiError::new(400, "invalid_body", format!("\"target\" is missing; {USAGE}")))?;
     if !configured.iter().any(|d| d.name == target) {
         let names: Vec<&str> = configured.iter().map(|d| d.name.as_str()).collect();
@@ -104,6 +125,7 @@ pub fn parse_restore_request(body: &[u8], configured: &[DatabaseConfig], faults_
         dry_run: body.dry_run.unwrap_or(true),
         confirm: body.confirm,
         allow_unverified: body.allow_unverified.unwrap_or(false),
+        from,
         fault: body.fault,
     })
 }
@@ -146,6 +168,8 @@ mod tests {
             (br#"{"backup":"daily/2026-11-20/chinook.sql","target":"chinook","table":""}"#, 400, "invalid_table"),
             (br#"{"backup":"daily/2026-11-20/chinook.sql","target":"chinook","dryRun":"no"}"#, 400, "invalid_body"),
             (br#"{"backup":"daily/2026-11-20/chinook.sql","target":"chinook","force":true}"#, 400, "invalid_body"),
+            (br#"{"backup":"daily/2026-11-20/chinook.sql","target":"chinook","from":"s3"}"#, 400, "invalid_from"),
+            (br#"{"backup":"daily/2026-11-20/chinook.sql","target":"chinook","from":"offsite","week":"2026-W47"}"#, 400, "invalid_body"),
         ] {
             let e = parse_restore_request(body, &configured(), false).unwrap_err();
             assert_eq!((e.status, e.code), (status, code), "{}: {}", String::from_utf8_lossy(body), e.message);
