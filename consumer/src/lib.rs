@@ -123,6 +123,64 @@ fn settings(env: &Env, delivery: &Delivery) -> Option<Settings> {
     }
 }
 
+/// A verification, restore or off-site copy message, parsed. One nobody can read is recorded as
+/// rejected (from `queue`) and acknowledged: retrying cannot make it readable.
+pub(crate) async fn read_task_message<M>(
+    env: &Env,
+    delivery: &Delivery,
+    queue: &str,
+    parse: fn(serde_json::Value) -> std::result::Result<M, String>,
+) -> Option<M> {
+    let body = body_text(delivery);
+    match serde_json::from_str(&body).map_err(|e| e.to_string()).and_then(parse) {
+        Ok(msg) => Some(msg),
+        Err(e) => {
+            console_error!("{queue} message {} is unreadable ({e}); recording it", delivery.id);
+            if let Ok(db) = env.d1(bindings::META) {
+                if let Err(e) = meta::record_rejected(&db, &delivery.id, queue, &body, &e, now()).await {
+                    console_error!("recording it failed: {e}");
+                    delivery.retry_in(30);
+                    return None;
+                }
+            }
+            delivery.ack();
+            None
+        }
+    }
+}
+
+/// The metadata database and the task's row (`read`), or `None` with the delivery settled:
+/// retried when either cannot be read, acknowledged when the task is not recorded.
+pub(crate) async fn open_task<R>(
+    env: &Env,
+    delivery: &Delivery,
+    settings: &Settings,
+    label: &str,
+    read: impl AsyncFnOnce(&D1Database) -> Result<Option<R>>,
+) -> Option<(D1Database, R)> {
+    let meta_db = match env.d1(bindings::META) {
+        Ok(db) => db,
+        Err(e) => {
+            console_error!("{label}: {e}");
+            delivery.retry_in(settings.retry.base_seconds);
+            return None;
+        }
+    };
+    match read(&meta_db).await {
+        Ok(Some(row)) => Some((meta_db, row)),
+        Ok(None) => {
+            console_error!("{label}: no such task recorded; dropping the message");
+            delivery.ack();
+            None
+        }
+        Err(e) => {
+            console_error!("{label}: reading the task failed: {e}");
+            delivery.retry_in(settings.retry.base_seconds);
+            None
+        }
+    }
+}
+
 pub(crate) fn settle(delivery: &Delivery, disposition: Disposition) {
     match disposition {
         Disposition::Ack => delivery.ack(),

@@ -88,39 +88,16 @@ async fn try_start_verification(
 
 /// Handles one message of the `restore-jobs` queue.
 pub(crate) async fn operate(env: &Env, delivery: &Delivery) {
-    let body = crate::body_text(delivery);
-    let msg = match serde_json::from_str(&body).map_err(|e| e.to_string()).and_then(OperationMessage::from_json) {
-        Ok(msg) => msg,
-        Err(e) => {
-            console_error!("operation message {} is unreadable ({e}); recording it", delivery.id);
-            if let Ok(db) = env.d1(bindings::META) {
-                if let Err(e) = meta::record_rejected(&db, &delivery.id, "restore-jobs", &body, &e, now()).await {
-                    console_error!("recording it failed: {e}");
-                    return delivery.retry_in(30);
-                }
-            }
-            return delivery.ack();
-        }
-    };
+    let Some(msg) = crate::read_task_message(env, delivery, "restore-jobs", OperationMessage::from_json).await else { return };
     let Some(settings) = crate::settings(env, delivery) else { return };
     let label = format!("operation {}", msg.operation_id);
-    let meta_db = match env.d1(bindings::META) {
-        Ok(db) => db,
-        Err(e) => {
-            console_error!("{label}: {e}");
-            return delivery.retry_in(settings.retry.base_seconds);
-        }
-    };
-    let op = match operations::get_operation(&meta_db, &msg.operation_id.to_string()).await {
-        Ok(Some(op)) => op,
-        Ok(None) => {
-            console_error!("{label}: no such operation recorded; dropping the message");
-            return delivery.ack();
-        }
-        Err(e) => {
-            console_error!("{label}: reading the operation failed: {e}");
-            return delivery.retry_in(settings.retry.base_seconds);
-        }
+    let id = msg.operation_id.to_string();
+    let Some((meta_db, op)) = crate::open_task(env, delivery, &settings, &label, async |db: &D1Database| {
+        operations::get_operation(db, &id).await
+    })
+    .await
+    else {
+        return;
     };
     let step = msg.step;
     let mut task = OperationTask { env, settings: &settings, msg, op, label, outcome: None, died_of: None };

@@ -8,7 +8,7 @@ use platform::r2_store::R2Store;
 use platform::replicas::{self, ReplicaView};
 use platform::s3_store::S3Store;
 use platform::tasks::{self, meta_error, StepBody, StepOutcome};
-use platform::{bindings, meta, now};
+use platform::{bindings, now};
 use shared::config::Settings;
 use shared::message::ReplicaMessage;
 use shared::offsite::{replicate_step, ReplicaCheckpoint, ReplicaError, ReplicaProgress};
@@ -18,39 +18,16 @@ use worker::*;
 
 /// Handles one message of the `offsite-jobs` queue.
 pub(crate) async fn copy(env: &Env, delivery: &Delivery) {
-    let body = crate::body_text(delivery);
-    let msg = match serde_json::from_str(&body).map_err(|e| e.to_string()).and_then(ReplicaMessage::from_json) {
-        Ok(msg) => msg,
-        Err(e) => {
-            console_error!("off-site message {} is unreadable ({e}); recording it", delivery.id);
-            if let Ok(db) = env.d1(bindings::META) {
-                if let Err(e) = meta::record_rejected(&db, &delivery.id, "offsite-jobs", &body, &e, now()).await {
-                    console_error!("recording it failed: {e}");
-                    return delivery.retry_in(30);
-                }
-            }
-            return delivery.ack();
-        }
-    };
+    let Some(msg) = crate::read_task_message(env, delivery, "offsite-jobs", ReplicaMessage::from_json).await else { return };
     let Some(settings) = crate::settings(env, delivery) else { return };
     let label = format!("replica {}", msg.replica_id);
-    let meta_db = match env.d1(bindings::META) {
-        Ok(db) => db,
-        Err(e) => {
-            console_error!("{label}: {e}");
-            return delivery.retry_in(settings.retry.base_seconds);
-        }
-    };
-    let replica = match replicas::get_replica(&meta_db, &msg.replica_id.to_string()).await {
-        Ok(Some(replica)) => replica,
-        Ok(None) => {
-            console_error!("{label}: no such copy recorded; dropping the message");
-            return delivery.ack();
-        }
-        Err(e) => {
-            console_error!("{label}: reading the copy failed: {e}");
-            return delivery.retry_in(settings.retry.base_seconds);
-        }
+    let id = msg.replica_id.to_string();
+    let Some((meta_db, replica)) = crate::open_task(env, delivery, &settings, &label, async |db: &D1Database| {
+        replicas::get_replica(db, &id).await
+    })
+    .await
+    else {
+        return;
     };
     let step = msg.step;
     let mut task = ReplicaTask { env, settings: &settings, msg, replica, label, died: false };
