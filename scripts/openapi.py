@@ -56,6 +56,8 @@ run = {
         "bookmark": NULLABLE_STR,
         "verifyState": VERIFY_STATE, "verifyOperation": NULLABLE_UUID, "verifyTable": NULLABLE_STR,
         "verifyDetail": NULLABLE_STR, "verifyMillis": NULLABLE_INT, "verifiedAt": NULLABLE_STR,
+        # The dump's off-site copy (OFFSITE): its state and error, null without one.
+        "offsiteState": {"enum": ["queued", "running", "retrying", "succeeded", "dead", None]}, "offsiteError": NULLABLE_STR,
         "history": {"type": "array", "items": {"type": "object", "properties": {
             "step": {"type": "integer"}, "attempt": {"type": "integer"}, "startedAt": {"type": "string"},
             "finishedAt": {"type": "string"},

@@ -229,6 +229,11 @@ pub struct RunView {
     pub verify_ms: Option<u64>,
     #[serde(default)]
     pub verified_at: Option<String>,
+    /// The dump's off-site copy (with OFFSITE): its task state and its error, if any.
+    #[serde(default)]
+    pub offsite_state: Option<TaskState>,
+    #[serde(default)]
+    pub offsite_error: Option<String>,
     /// Every delivery of every step, oldest first.
     #[serde(default)]
     pub history: Vec<AttemptView>,
@@ -290,7 +295,12 @@ const RUN_COLUMNS: &str = "id, database, state, attempts, r2_key, bytes, rows, t
 async fn job_view(db: &D1Database, job: JobRow) -> Result<JobView> {
     let runs: Vec<RunView> = statement(
         db,
-        &format!("SELECT {RUN_COLUMNS} FROM runs WHERE job_id = ?1 ORDER BY database"),
+        &format!(
+            "SELECT {RUN_COLUMNS}, \
+               (SELECT state FROM replicas WHERE source_key = runs.r2_key) AS offsite_state, \
+               (SELECT error FROM replicas WHERE source_key = runs.r2_key) AS offsite_error \
+             FROM runs WHERE job_id = ?1 ORDER BY database"
+        ),
         &[text(&job.id)],
     )?
     .all()

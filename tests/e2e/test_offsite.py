@@ -104,6 +104,8 @@ def test_every_backup_is_copied_off_site_byte_for_byte(stack, s3):
         assert row["bytes"] == len(body) and row["offsite_key"] == PREFIX + key
         assert row["etag"] == copy["ETag"], row
         assert row["checkpoint"] is None and row["lease_owner"] is None
+    views = stack.admin("GET", f"/jobs/{job['jobId']}").json()["runs"]
+    assert [(v["offsiteState"], v["offsiteError"]) for v in views] == [("succeeded", None)] * 2, views
     # bulk (about 7 MB) is over the 5 MiB part size: a multipart copy of two parts, whose ETag
     # says so; chinook is one put.
     assert len(stack.r2_get(keys["bulk"])) > 5 * 1024 * 1024
@@ -122,10 +124,43 @@ def test_every_backup_is_copied_off_site_byte_for_byte(stack, s3):
     assert card["state"] == "ok" and "offsite-copies/d1/" in card["text"], card
 
 
-def test_a_missing_bucket_fails_the_copy_clearly_and_never_the_backup(s3):
-    endpoint, client = s3
-    s = Stack(ROOT / "target" / "e2e" / f"offsite-nobucket-{uuid.uuid4().hex[:8]}", databases=["chinook"],
-              verify=False, all_vars=offsite_vars(endpoint, "no-such-bucket"))
+@pytest.fixture(scope="module")
+def strict_s3():
+    """A second moto server that checks signatures against its own IAM users: its first request
+    (creating the bucket) is let through, every later one needs a key it knows."""
+    port = free_port()
+    log = open(ROOT / "target" / "e2e" / f"moto-strict-{port}.log", "wb")
+    process = subprocess.Popen([str(ROOT / ".venv/bin/moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                               env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "1"},
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="test-key", aws_secret_access_key="test-secret")
+
+    def bucket_created():
+        try:
+            client.create_bucket(Bucket="offsite-copies")
+            return True
+        except Exception:
+            return False
+    try:
+        wait_until(bucket_created, "the strict moto server to create the bucket", timeout=30)
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("case", ["missing bucket", "wrong key", "unreachable endpoint"])
+def test_bad_configuration_fails_the_copy_clearly_and_never_the_backup(s3, strict_s3, case):
+    endpoint, bucket, reason = {
+        "missing bucket": (s3[0], "no-such-bucket", "NoSuchBucket"),
+        "wrong key": (strict_s3, "offsite-copies", "InvalidAccessKeyId"),
+        # A port nothing listens on.
+        "unreachable endpoint": (f"http://127.0.0.1:{free_port()}", "offsite-copies", "unreachable"),
+    }[case]
+    s = Stack(ROOT / "target" / "e2e" / f"offsite-bad-{uuid.uuid4().hex[:8]}", databases=["chinook"],
+              verify=False, all_vars=offsite_vars(endpoint, bucket))
     try:
         s.start()
         r = s.admin("POST", "/trigger", {"databases": ["chinook"]})
@@ -135,15 +170,18 @@ def test_a_missing_bucket_fails_the_copy_clearly_and_never_the_backup(s3):
         assert s.r2_get(run["r2Key"]), "the local backup is in place"
         wait_until(lambda: replicas(s).get(run["r2Key"], {}).get("state") == "dead", "the copy to be dead", timeout=90)
         row = replicas(s)[run["r2Key"]]
-        assert "NoSuchBucket" in row["error"] and row["attempts"] == 2, row
+        assert reason in row["error"] and row["attempts"] == 2, row
+        (view,) = s.admin("GET", f"/jobs/{job['jobId']}").json()["runs"]
+        assert view["state"] == "succeeded" and view["offsiteState"] == "dead" and reason in view["offsiteError"], view
         offsite = s.admin("GET", "/status").json()["offsite"]
-        assert offsite["dead"] == 1 and "NoSuchBucket" in offsite["lastError"], offsite
+        assert offsite["dead"] == 1 and reason in offsite["lastError"], offsite
         assert offsite["lastErrorKey"] == run["r2Key"] and offsite["lagSeconds"] >= 0, offsite
-        card = offsite_card(s, "NoSuchBucket")
-        assert card["state"] == "bad" and "1 failed" in card["text"] and run["r2Key"] in card["text"].replace("\n", ""), card
         alerts = s.d1_query(META, "SELECT kind, message FROM alerts WHERE kind = 'replica_dead'")
         assert len(alerts) == 1 and run["r2Key"] in alerts[0]["message"], alerts
-        assert "no-such-bucket" not in [b["Name"] for b in client.list_buckets()["Buckets"]]
+        if case == "missing bucket":
+            card = offsite_card(s, reason)
+            assert card["state"] == "bad" and "1 failed" in card["text"] and run["r2Key"] in card["text"].replace("\n", ""), card
+            assert "no-such-bucket" not in [b["Name"] for b in s3[1].list_buckets()["Buckets"]]
     finally:
         s.stop()
 
