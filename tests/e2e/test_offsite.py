@@ -3,6 +3,7 @@
 the task engine; /status and /metrics show the copies and the lag; a bucket that does not exist
 fails the copy clearly (alerted, in /status) and never the backup."""
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -122,6 +123,23 @@ def test_every_backup_is_copied_off_site_byte_for_byte(stack, s3):
     assert "d1_backup_offsite_lag_seconds 0" in metrics
     card = offsite_card(stack, "up to date")
     assert card["state"] == "ok" and "offsite-copies/d1/" in card["text"], card
+
+
+def test_a_weekly_archive_is_copied_off_site_byte_for_byte(stack, s3):
+    _, client = s3
+    monday = dt.date(2026, 11, 2)
+    for night in (monday, monday + dt.timedelta(days=1)):
+        stack.run_night(night)
+    year, week, _ = monday.isocalendar()
+    key = f"weekly/{year}-W{week:02d}.tar.gz"
+    r = stack.admin("POST", "/archive", {"week": f"{year}-W{week:02d}"})
+    assert r.status == 202, r.body
+    assert stack.wait_for_job(r.json()["jobId"], timeout=180)["status"] == "completed"
+    wait_until(lambda: replicas(stack).get(key, {}).get("state") == "succeeded", "the archive's copy", timeout=90)
+    row = replicas(stack)[key]
+    body = client.get_object(Bucket="offsite-copies", Key=PREFIX + key)["Body"].read()
+    assert body == stack.r2_get(key) and row["object_kind"] == "archive", row
+    assert row["sha256"] == hashlib.sha256(body).hexdigest()
 
 
 @pytest.fixture(scope="module")
