@@ -2,6 +2,10 @@
 //! R2 account) check it: the canonical request, the string to sign, the signing key and the
 //! `Authorization` header. Plain data in, plain data out; the Worker sends what this signs.
 //!
+//! Written here over `hmac` and `sha2` rather than with rusty-s3: that crate signs presigned
+//! URLs, whose payload is unsigned, while every request here signs its body's SHA-256
+//! (`x-amz-content-sha256`), so the store refuses a part whose bytes changed on the way.
+//!
 //! Paths are percent-encoded once, segment by segment (S3's rule; the generic services'
 //! double encoding and path normalization are not needed for object keys). Checked against
 //! AWS's published SigV4 test suite (shared/tests/sigv4_vectors).
