@@ -473,6 +473,21 @@ def sealed_export(stack: Stack, plain: dict, plain_dump: Path, key_file: Path, p
     return {"entry": entry, "slower": slower, "identical_plaintext": same, **res}
 
 
+def export_profile(source: Path) -> dict:
+    """shared/examples/export_profile.rs over the bench database: SQLite's share of an export,
+    the exporter's own, and what gzip, SHA-256 and age cost per stored byte."""
+    log("export profile (native, shared/examples/export_profile.rs)")
+    build = subprocess.run(["cargo", "build", "--release", "-q", "-p", "shared", "--example", "export_profile"],
+                           cwd=ROOT, capture_output=True, text=True)
+    if build.returncode != 0:
+        return {"error": build.stderr[-1500:]}
+    run = subprocess.run([str(ROOT / "target/release/examples/export_profile"), str(source)],
+                         capture_output=True, text=True, timeout=EXPORT_TIMEOUT)
+    if run.returncode != 0:
+        return {"error": run.stderr[-1500:]}
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def encryption_rounds(stack: Stack, first_plain: dict, first_sealed: dict) -> dict:
     """More exports of the same database, plain then encrypted, BENCH_ENCRYPTION_ROUNDS times
     (default 2), each after the previous one's verification: the local stack slows as its state
@@ -648,6 +663,26 @@ def report(res: dict) -> str:
     if run.get("error") or o["status"] != "completed":
         lines += ["", "Run error:", "", "```", str(run.get("error")), "```", "",
                   "wrangler dev log (error lines):", "", "```", res.get("dev_log_errors", ""), "```"]
+    p = res.get("profile") or {}
+    if p.get("export_seconds"):
+        mb = p["dump_bytes"] / 1e6
+        lines += [
+            "",
+            "## Where the export's time goes (native, the same database)",
+            "",
+            f"The exporter run natively over the bench file (`shared/examples/export_profile.rs`): "
+            f"{p['export_seconds']:.2f} s for {p['rows']:,} rows and {mb:.1f} MB of SQL in {p['queries']} queries.",
+            "",
+            "| part | seconds | share of the export |",
+            "|---|---:|---:|",
+            f"| SQLite producing the pages of literals (what D1 runs) | {p['sqlite_seconds']:.2f} | "
+            f"{p['sqlite_seconds'] / p['export_seconds']:.0%} |",
+            f"| the exporter's Rust (statements, row digests) | {p['rust_seconds']:.2f} | "
+            f"{p['rust_seconds'] / p['export_seconds']:.0%} |",
+            f"| then per stored byte: gzip -6 ({p['gzip_bytes'] / 1e6:.1f} MB out) | {p['gzip_seconds']:.2f} | |",
+            f"| SHA-256 of the dump | {p['sha256_seconds']:.2f} | |",
+            f"| age encryption of the dump | {p['age_seconds']:.2f} | |",
+        ]
     lines += [
         "",
         "## Notes",
@@ -773,6 +808,11 @@ def main() -> int:
     stack.stop()
     shutil.copy(stack.log_path, OUT / "wrangler-dev.log")
 
+    # Where the export's time goes, measured natively on the same file (see the example's doc).
+    profile = export_profile(source)
+    if profile.get("error"):
+        problems.append(f"the export profile failed: {profile['error']}")
+
     # 3. `wrangler d1 export --local` of the same database, with nothing else running.
     log("wrangler d1 export --local")
     wr_dump = DUMPS / "wrangler-export.sql"
@@ -855,7 +895,7 @@ def main() -> int:
     results = {
         "rows": ROWS, "facts": facts, "budget": budget(), "source": source_fp, "source_file": str(source),
         "source_file_bytes": source.stat().st_size, "fill_seconds": fill_seconds, "ours": ours,
-        "exports": exports, "restores": restores, "problems": problems, "notes": notes,
+        "exports": exports, "restores": restores, "profile": profile, "problems": problems, "notes": notes,
         "dev_log_errors": dev_errors if ours["status"] != "completed" else "",
         "total_seconds": time.monotonic() - t_start,
         "loads": {"our export": ours["loadavg_before"], "wrangler d1 export": w["loadavg_before"],
