@@ -3,6 +3,7 @@
 the task engine; /status and /metrics show the copies and the lag; a bucket that does not exist
 fails the copy clearly (alerted, in /status) and never the backup."""
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -28,30 +29,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def s3():
-    """moto's S3 server on a free port, with an empty bucket `offsite-copies`."""
+@contextlib.contextmanager
+def moto_server(env: dict | None = None):
+    """moto's S3 server on a free port with an empty bucket `offsite-copies` (its first request
+    creates it, so a server that checks signatures from its second request on still has it)."""
     port = free_port()
     log = open(ROOT / "target" / "e2e" / f"moto-{port}.log", "wb")
     process = subprocess.Popen([str(ROOT / ".venv/bin/moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                               env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     endpoint = f"http://127.0.0.1:{port}"
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                           aws_access_key_id="test-key", aws_secret_access_key="test-secret")
 
-    def up():
+    def bucket_created():
         try:
-            client.list_buckets()
+            client.create_bucket(Bucket="offsite-copies")
             return True
         except Exception:
             return False
     try:
-        wait_until(up, "moto's S3 server to answer", timeout=30)
-        client.create_bucket(Bucket="offsite-copies")
+        wait_until(bucket_created, "moto's S3 server to create the bucket", timeout=30)
         yield endpoint, client
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with moto_server() as server:
+        yield server
 
 
 def offsite_vars(endpoint: str, bucket: str, **options) -> dict:
@@ -144,29 +152,10 @@ def test_a_weekly_archive_is_copied_off_site_byte_for_byte(stack, s3):
 
 @pytest.fixture(scope="module")
 def strict_s3():
-    """A second moto server that checks signatures against its own IAM users: its first request
-    (creating the bucket) is let through, every later one needs a key it knows."""
-    port = free_port()
-    log = open(ROOT / "target" / "e2e" / f"moto-strict-{port}.log", "wb")
-    process = subprocess.Popen([str(ROOT / ".venv/bin/moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                               env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "1"},
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="test-key", aws_secret_access_key="test-secret")
-
-    def bucket_created():
-        try:
-            client.create_bucket(Bucket="offsite-copies")
-            return True
-        except Exception:
-            return False
-    try:
-        wait_until(bucket_created, "the strict moto server to create the bucket", timeout=30)
+    """A second moto server that checks signatures against its own IAM users from its second
+    request on: no key the Workers hold is one it knows."""
+    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "1"}) as (endpoint, _):
         yield endpoint
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.mark.parametrize("case", ["missing bucket", "wrong key", "unreachable endpoint"])
