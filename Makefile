@@ -49,10 +49,12 @@ e2e: build .venv/.installed
 
 # Not part of `make test`: our export of a generated database of BENCH_ROWS rows (default 500000)
 # beside `wrangler d1 export` and `sqlite3 .dump`, and restores of the dumps (bench/run.py); the
-# archiver's weekly tar.gz beside `tar czf` on the same dailies (bench/archive.py).
+# archiver's weekly tar.gz beside `tar czf` on the same dailies (bench/archive.py); one nightly
+# over 50 more databases of mixed sizes (bench/fanout.py).
 bench: build .venv/.installed
 	.venv/bin/python bench/run.py
 	.venv/bin/python bench/archive.py
+	.venv/bin/python bench/fanout.py
 
 setup: tools node_modules/.installed .venv/.installed
 
