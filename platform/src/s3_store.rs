@@ -3,7 +3,8 @@
 
 use shared::offsite::{complete_body, s3_error, s3_request, xml_text, OffsiteConfig, S3Call, S3Request};
 use shared::ports::{ObjectInfo, ObjectStore, PortError, UploadedPart};
-use shared::sigv4::{sha256_hex, Credentials};
+use shared::sha256::sha256_hex;
+use shared::sigv4::Credentials;
 use worker::js_sys::Uint8Array;
 use worker::{Fetch, Headers, Method, Request, RequestInit, Response};
 

@@ -84,16 +84,14 @@ pub fn parse_list_query(pairs: &[(String, String)]) -> Result<ListQuery, ApiErro
 
 /// The cursor after an item: its date and key, hex-encoded (opaque to clients, safe in URLs).
 pub fn encode_cursor(date: &str, key: &str) -> String {
-    format!("{date}\n{key}").bytes().map(|b| format!("{b:02x}")).collect()
+    crate::sha256::hex(format!("{date}\n{key}").as_bytes())
 }
 
 fn decode_cursor(cursor: &str) -> Option<(String, String)> {
-    if cursor.len() % 2 != 0 || cursor.len() > 2048 {
+    if cursor.len() > 2048 {
         return None;
     }
-    let bytes: Option<Vec<u8>> =
-        (0..cursor.len()).step_by(2).map(|i| u8::from_str_radix(cursor.get(i..i + 2)?, 16).ok()).collect();
-    let text = String::from_utf8(bytes?).ok()?;
+    let text = String::from_utf8(crate::sha256::from_hex(cursor)?).ok()?;
     let (date, key) = text.split_once('\n')?;
     parse_date(date)?;
     Some((date.to_owned(), key.to_owned()))

@@ -12,7 +12,8 @@
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
+use crate::sha256::{hex, sha256_hex};
+use sha2::Sha256;
 use std::fmt;
 
 /// The SHA-256 of an empty payload, which every body-less request signs.
@@ -130,7 +131,7 @@ pub fn string_to_sign(scope: &Scope<'_>, canonical_request: &str) -> String {
         "AWS4-HMAC-SHA256\n{}\n{}\n{}",
         scope.amz_date(),
         scope.credential_scope(),
-        hex(&Sha256::digest(canonical_request.as_bytes()))
+        sha256_hex(canonical_request.as_bytes())
     )
 }
 
@@ -159,12 +160,4 @@ pub fn authorization(credentials: &Credentials, scope: &Scope<'_>, request: &Req
         signed_headers(request.headers),
         signature(&credentials.secret_access_key, scope, &to_sign)
     )
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
 }

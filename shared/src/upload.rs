@@ -252,8 +252,7 @@ impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
                 // Named by a fresh nonce: a second delivery of this step never overwrites it.
                 let nonce = age::random_bytes::<12>().map_err(age_error)?;
                 let parked = encryptor.seal_pending(nonce).map_err(age_error)?;
-                let nonce_hex: String = nonce[..8].iter().map(|b| format!("{b:02x}")).collect();
-                let key = format!("{}chunk-{step:06}-{nonce_hex}", self.spec.staging_prefix);
+                let key = format!("{}chunk-{step:06}-{}", self.spec.staging_prefix, crate::sha256::hex(&nonce[..8]));
                 let info = ObjectInfo { content_type: "application/octet-stream".into(), custom: BTreeMap::new() };
                 self.store.put(&key, parked, &info).await?;
                 Some(encryptor.state(Some(key)))

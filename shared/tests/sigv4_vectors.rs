@@ -4,7 +4,8 @@
 //! Authorization header byte for byte.
 
 use chrono::{TimeZone, Utc};
-use shared::sigv4::{authorization, canonical_request, sha256_hex, string_to_sign, Credentials, Request, Scope};
+use shared::sha256::sha256_hex;
+use shared::sigv4::{authorization, canonical_request, string_to_sign, Credentials, Request, Scope};
 use std::path::Path;
 
 struct Vector {
