@@ -159,11 +159,7 @@ impl OperationTask<'_> {
         if self.settings.age_identity.is_some() {
             return Ok(None);
         }
-        let dump_encrypted = match &plan.source {
-            DumpSource::Stored(dump) | DumpSource::Offsite(dump) => dump.encrypted,
-            DumpSource::Archived(member) => member.path.ends_with(".age"),
-        };
-        if dump_encrypted {
+        if plan.encrypted() {
             return Ok(Some(format!(
                 "{} is encrypted and this consumer has no AGE_IDENTITY secret to read it; nothing in the target was changed. \
                  Restore it offline: age -d -i key.txt, then wrangler d1 execute --file (see /restore-guide)",

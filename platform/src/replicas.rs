@@ -5,6 +5,7 @@
 use crate::meta::{number, opt_text, statement, text, timestamp};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use shared::keys::StoredFormat;
 use shared::message::ReplicaMessage;
 use shared::offsite::{OffsiteConfig, OffsiteRetention, ReplicaPlan};
 use shared::ports::ObjectStore;
@@ -25,15 +26,6 @@ impl ObjectKind {
         match self {
             ObjectKind::Backup => "backup",
             ObjectKind::Archive => "archive",
-        }
-    }
-
-    fn content_type(self, key: &str) -> &'static str {
-        match self {
-            ObjectKind::Archive => "application/gzip",
-            ObjectKind::Backup if key.ends_with(".age") => "application/octet-stream",
-            ObjectKind::Backup if key.ends_with(".gz") => "application/gzip",
-            ObjectKind::Backup => "application/sql; charset=utf-8",
         }
     }
 }
@@ -80,7 +72,7 @@ impl ReplicaView {
             offsite_key: self.offsite_key.clone(),
             bytes: self.bytes,
             sha256: self.sha256.clone(),
-            content_type: self.object_kind.content_type(&self.source_key).into(),
+            content_type: StoredFormat::of(&self.source_key).content_type().into(),
             part_size: config.part_size,
         }
     }

@@ -299,13 +299,7 @@ pub(crate) async fn stream_object(env: &Env, key: &str, sha256: &str) -> Result<
         return error(502, "object_missing", format!("{key} has no body"));
     };
     let filename = key.replace('/', "_");
-    let content_type = if key.ends_with(".age") {
-        "application/octet-stream"
-    } else if key.ends_with(".gz") {
-        "application/gzip"
-    } else {
-        "application/sql; charset=utf-8"
-    };
+    let content_type = shared::keys::StoredFormat::of(key).content_type();
     let headers = Headers::new();
     headers.set("Content-Type", content_type)?;
     headers.set("Content-Disposition", &format!("attachment; filename=\"{filename}\""))?;

@@ -9,6 +9,7 @@
 
 use crate::age::Recipient;
 use crate::dump::{SchemaObject, Sequence, export_step, DumpError, DumpOptions, ExportCursor, ExportProgress, ExportTotals, StepBudget, TableCount};
+use crate::keys::StoredFormat;
 use crate::ports::{Clock, ObjectStore, PortError, SqlSource};
 use crate::upload::{self, StreamingUpload, UploadProgress, UploadSpec};
 use chrono::{DateTime, Utc};
@@ -42,11 +43,7 @@ pub struct BackupTarget {
 
 impl BackupTarget {
     pub fn content_type(&self) -> &'static str {
-        match (self.gzip, self.recipients.is_empty()) {
-            (_, false) => "application/octet-stream",
-            (true, true) => "application/gzip",
-            (false, true) => "application/sql; charset=utf-8",
-        }
+        StoredFormat { gzip: self.gzip, encrypted: !self.recipients.is_empty() }.content_type()
     }
 
     fn upload_spec(&self) -> UploadSpec {

@@ -3,6 +3,7 @@
 
 use crate::dump::sql::comment_safe;
 use crate::dump::COMPLETE_MARKER;
+use crate::keys::StoredFormat;
 use serde::Serialize;
 
 /// A stored backup, as the inventory records it.
@@ -90,8 +91,7 @@ pub fn extract_table_command(table: &str, dump_file: &str, out_file: &str) -> St
 
 /// The guide for `backup`, served at `origin` (the API's base URL) from R2 bucket `bucket`.
 pub fn restore_guide(backup: &GuideBackup, origin: &str, bucket: &str) -> RestoreGuide {
-    let encrypted = backup.key.ends_with(".age");
-    let gz = backup.key.trim_end_matches(".age").ends_with(".gz");
+    let StoredFormat { gzip: gz, encrypted } = StoredFormat::of(&backup.key);
     let file = backup.key.rsplit('/').next().unwrap_or("backup.sql").to_owned();
     let file = format!("{}-{}-{file}", backup.database, backup.date);
     let plain_file = file.trim_end_matches(".age").to_owned();

@@ -37,6 +37,44 @@ impl BackupKind {
     }
 }
 
+/// How a stored object's bytes are to be read, as its name's ending says: `.gz` compressed, and
+/// `.age` (last) encrypted. One reading of names for keys, content types, restores and guides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoredFormat {
+    pub gzip: bool,
+    pub encrypted: bool,
+}
+
+impl StoredFormat {
+    /// The format a name (key, archive member path, file) ends with.
+    pub fn of(name: &str) -> StoredFormat {
+        let (plain, encrypted) = match name.strip_suffix(".age") {
+            Some(plain) => (plain, true),
+            None => (name, false),
+        };
+        StoredFormat { gzip: plain.ends_with(".gz"), encrypted }
+    }
+
+    /// A dump's ending in this format: `.sql`, `.sql.gz`, `.sql.age` or `.sql.gz.age`.
+    pub fn dump_extension(self) -> &'static str {
+        match (self.gzip, self.encrypted) {
+            (false, false) => ".sql",
+            (true, false) => ".sql.gz",
+            (false, true) => ".sql.age",
+            (true, true) => ".sql.gz.age",
+        }
+    }
+
+    /// What an object of this format is served and stored as.
+    pub fn content_type(self) -> &'static str {
+        match (self.gzip, self.encrypted) {
+            (_, true) => "application/octet-stream",
+            (true, false) => "application/gzip",
+            (false, false) => "application/sql; charset=utf-8",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupKey {
     pub kind: BackupKind,
@@ -81,17 +119,16 @@ impl BackupKey {
         }
     }
 
+    pub fn format(&self) -> StoredFormat {
+        StoredFormat { gzip: self.gzip, encrypted: self.encrypted }
+    }
+
     pub fn to_key(&self) -> String {
         let date = self.date.format("%Y-%m-%d");
-        let extension = match (self.gzip, self.encrypted) {
-            (false, false) => "sql",
-            (true, false) => "sql.gz",
-            (false, true) => "sql.age",
-            (true, true) => "sql.gz.age",
-        };
+        let extension = self.format().dump_extension();
         match (self.kind, self.job_id) {
-            (BackupKind::Manual, Some(job)) => format!("manual/{date}/{job}/{}.{extension}", self.database),
-            _ => format!("daily/{date}/{}.{extension}", self.database),
+            (BackupKind::Manual, Some(job)) => format!("manual/{date}/{job}/{}{extension}", self.database),
+            _ => format!("daily/{date}/{}{extension}", self.database),
         }
     }
 
@@ -106,14 +143,8 @@ impl BackupKey {
             _ => return None,
         };
         let date = parse_date(date)?;
-        let (file, encrypted) = match file.strip_suffix(".age") {
-            Some(file) => (file, true),
-            None => (file, false),
-        };
-        let (database, gzip) = match file.strip_suffix(".sql.gz") {
-            Some(database) => (database, true),
-            None => (file.strip_suffix(".sql")?, false),
-        };
+        let StoredFormat { gzip, encrypted } = StoredFormat::of(file);
+        let database = file.strip_suffix(StoredFormat { gzip, encrypted }.dump_extension())?;
         if !is_valid_database_name(database) {
             return None;
         }

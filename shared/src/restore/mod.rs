@@ -23,6 +23,7 @@ pub mod verify;
 use crate::dump::sql::{comment_safe, ident, string_literal};
 use crate::dump::{StepBudget, COMPLETE_MARKER};
 use crate::age::Identity;
+use crate::keys::StoredFormat;
 use crate::ports::{Clock, ObjectStore, PortError, PortErrorKind, SqlSource};
 use reader::{DumpReader, ReadError, ReadPosition};
 use serde::{Deserialize, Serialize};
@@ -70,11 +71,8 @@ impl DumpObject {
     /// The dump stored at `key` (or named `key`, out of an archive): how it is stored is read
     /// from its name (`.sql`, `.sql.gz`, either with `.age`).
     pub fn named(key: &str, sha256: &str) -> DumpObject {
-        let (plain_name, encrypted) = match key.strip_suffix(".age") {
-            Some(name) => (name, true),
-            None => (key, false),
-        };
-        DumpObject { key: key.to_owned(), gzip: plain_name.ends_with(".gz"), encrypted, sha256: sha256.to_owned(), identity: None }
+        let StoredFormat { gzip, encrypted } = StoredFormat::of(key);
+        DumpObject { key: key.to_owned(), gzip, encrypted, sha256: sha256.to_owned(), identity: None }
     }
 
     /// Reads it with `identity` when it is encrypted.

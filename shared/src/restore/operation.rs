@@ -104,6 +104,11 @@ impl OperationPlan {
         })
     }
 
+    /// Whether the dump is encrypted (it needs the consumer's `AGE_IDENTITY`).
+    pub fn encrypted(&self) -> bool {
+        self.dump().encrypted
+    }
+
     /// Whether the dump is read from the off-site store (its check and its restore; a rollback
     /// reads the target's backup, in R2).
     pub fn reads_offsite(&self, phase: &OperationPhase) -> bool {
