@@ -128,13 +128,13 @@ impl StepBody for ReplicaTask<'_> {
     fn failure_statements(
         &self,
         db: &D1Database,
-        _lease: &Lease,
+        lease: &Lease,
         error: &TaskError,
         verdict: &Verdict,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<D1PreparedStatement>> {
         match verdict {
-            Verdict::Dead => Ok(vec![replicas::dead_alert(db, &self.replica, &error.message, now)?]),
+            Verdict::Dead => Ok(vec![replicas::dead_alert(db, &self.replica, lease.attempt, &error.message, now)?]),
             _ => Ok(Vec::new()),
         }
     }

@@ -129,15 +129,16 @@ pub fn copied_statement(db: &D1Database, id: &str, etag: Option<&str>) -> Result
 }
 
 /// The alert of a copy that failed for good, for its dead batch.
-pub fn dead_alert(db: &D1Database, replica: &ReplicaView, error: &str, now: DateTime<Utc>) -> Result<D1PreparedStatement> {
+/// `attempts`: the dying delivery's attempt (the view was read before its lease was taken).
+pub fn dead_alert(db: &D1Database, replica: &ReplicaView, attempts: u32, error: &str, now: DateTime<Utc>) -> Result<D1PreparedStatement> {
     statement(
         db,
         "INSERT INTO alerts (kind, message, subject, created_at) VALUES ('replica_dead', ?1, ?2, ?3) \
          ON CONFLICT DO NOTHING",
         &[
             text(&format!(
-                "the off-site copy of {} failed for good after {} attempts: {error} (the backup itself is intact in R2)",
-                replica.source_key, replica.attempts
+                "the off-site copy of {} failed for good after {attempts} attempts: {error} (the backup itself is intact in R2)",
+                replica.source_key
             )),
             text(&replica.source_key),
             text(&timestamp(now)),

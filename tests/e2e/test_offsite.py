@@ -185,6 +185,7 @@ def test_bad_configuration_fails_the_copy_clearly_and_never_the_backup(s3, stric
         assert offsite["lastErrorKey"] == run["r2Key"] and offsite["lagSeconds"] >= 0, offsite
         alerts = s.d1_query(META, "SELECT kind, message FROM alerts WHERE kind = 'replica_dead'")
         assert len(alerts) == 1 and run["r2Key"] in alerts[0]["message"], alerts
+        assert "after 2 attempts" in alerts[0]["message"], alerts
         if case == "missing bucket":
             card = offsite_card(s, reason)
             assert card["state"] == "bad" and "1 failed" in card["text"] and run["r2Key"] in card["text"].replace("\n", ""), card
