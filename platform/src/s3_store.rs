@@ -83,7 +83,7 @@ impl ObjectStore for S3Store<'_> {
     }
 
     async fn head(&mut self, key: &str) -> Result<Option<u64>, PortError> {
-        Ok(self.head_response(key).await?.and_then(|r| header(&r, "content-length")).and_then(|v| v.parse().ok()))
+        Ok(self.head_with_etag(key).await?.map(|(size, _)| size))
     }
 
     async fn delete(&mut self, key: &str) -> Result<(), PortError> {
@@ -131,7 +131,7 @@ impl ObjectStore for S3Store<'_> {
         self.ok(&what, response).await.map(drop)
     }
 
-    async fn etag(&mut self, key: &str) -> Result<Option<String>, PortError> {
-        Ok(self.head_response(key).await?.and_then(|r| header(&r, "etag")))
+    async fn head_with_etag(&mut self, key: &str) -> Result<Option<(u64, Option<String>)>, PortError> {
+        Ok(self.head_response(key).await?.and_then(|r| Some((header(&r, "content-length")?.parse().ok()?, header(&r, "etag")))))
     }
 }

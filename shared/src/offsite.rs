@@ -10,8 +10,8 @@
 //!   bytes differ), and the whole copy's SHA-256 compared with the one recorded at backup time.
 
 use crate::config::ConfigError;
-use crate::ports::{Clock, ObjectInfo, ObjectStore, PortError, PortErrorKind, UploadedPart};
-use crate::sha256::ResumableSha256;
+use crate::ports::{Clock, ObjectInfo, ObjectStore, PortError, UploadedPart};
+use crate::sha256::{sha256_hex, ResumableSha256};
 use crate::sigv4::{self, Credentials, Request, Scope};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -347,7 +347,7 @@ pub async fn replicate_step<S: ObjectStore, D: ObjectStore, C: Clock>(
     }
     if plan.bytes <= plan.part_size as u64 {
         let bytes = read(source, plan, 0, plan.bytes).await?;
-        check_whole(plan, &ResumableSha256::new(), &bytes)?;
+        check_sha256(plan, sha256_hex(&bytes))?;
         dest.put(&plan.offsite_key, bytes, &info).await?;
         return finish(dest, plan).await;
     }
@@ -382,14 +382,7 @@ pub async fn replicate_step<S: ObjectStore, D: ObjectStore, C: Clock>(
         at.offset += length;
         copied += length;
     }
-    if at.hash.hex_digest() != plan.sha256 {
-        return Err(ReplicaError::Source(format!(
-            "{} read back with SHA-256 {}, not the {} recorded: not copied",
-            plan.source_key,
-            at.hash.hex_digest(),
-            plan.sha256
-        )));
-    }
+    check_sha256(plan, at.hash.hex_digest())?;
     let upload_id = at.upload_id.clone().expect("a multipart copy has its upload");
     if dest.head(&plan.offsite_key).await? != Some(plan.bytes) {
         dest.complete_multipart(&plan.offsite_key, &upload_id, &at.parts).await?;
@@ -412,35 +405,35 @@ async fn read<S: ObjectStore>(source: &mut S, plan: &ReplicaPlan, offset: u64, l
     Ok(bytes)
 }
 
-fn check_whole(plan: &ReplicaPlan, hash: &ResumableSha256, bytes: &[u8]) -> Result<(), ReplicaError> {
-    let mut hash = hash.clone();
-    hash.update(bytes);
-    if hash.hex_digest() == plan.sha256 {
-        Ok(())
-    } else {
-        Err(ReplicaError::Source(format!(
-            "{} has SHA-256 {}, not the {} recorded: not copied",
-            plan.source_key,
-            hash.hex_digest(),
-            plan.sha256
-        )))
+/// The bytes read from the source (`sha256`, all of them) are the ones recorded at backup time.
+fn check_sha256(plan: &ReplicaPlan, sha256: String) -> Result<(), ReplicaError> {
+    if sha256 == plan.sha256 {
+        return Ok(());
     }
+    Err(ReplicaError::Source(format!(
+        "{} has SHA-256 {sha256}, not the {} recorded: not copied",
+        plan.source_key, plan.sha256
+    )))
 }
 
-/// Nothing is recorded as copied without the whole object off-site.
+/// Nothing is recorded as copied without the whole object off-site (one read of its size and
+/// ETag).
 async fn finish<D: ObjectStore>(dest: &mut D, plan: &ReplicaPlan) -> Result<ReplicaProgress, ReplicaError> {
-    match dest.head(&plan.offsite_key).await? {
-        Some(size) if size == plan.bytes => Ok(ReplicaProgress::Done { bytes: size, etag: dest.etag(&plan.offsite_key).await? }),
-        found => Err(ReplicaError::Store(PortError { kind: PortErrorKind::Unavailable, message: format!(
-            "off-site {} holds {found:?} bytes after the copy, expected {}",
-            plan.offsite_key, plan.bytes
-        ) })),
+    match dest.head_with_etag(&plan.offsite_key).await? {
+        Some((size, etag)) if size == plan.bytes => Ok(ReplicaProgress::Done { bytes: size, etag }),
+        found => Err(ReplicaError::Store(PortError::unavailable(format!(
+            "off-site {} holds {:?} bytes after the copy, expected {}",
+            plan.offsite_key,
+            found.map(|(size, _)| size),
+            plan.bytes
+        )))),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::PortErrorKind;
     use chrono::TimeZone;
 
     fn config() -> OffsiteConfig {

@@ -131,10 +131,10 @@ pub trait ObjectStore {
     /// Joins the parts into the object at `key`, which only now becomes visible.
     async fn complete_multipart(&mut self, key: &str, upload_id: &str, parts: &[UploadedPart]) -> Result<(), PortError>;
     async fn abort_multipart(&mut self, key: &str, upload_id: &str) -> Result<(), PortError>;
-    /// The object's ETag as the store reports it, where the store has one worth recording (the
-    /// off-site copies); `None` otherwise.
-    async fn etag(&mut self, _key: &str) -> Result<Option<String>, PortError> {
-        Ok(None)
+    /// The object's size and, where the store has one worth recording (the off-site copies),
+    /// its ETag, in one request; `None` if there is no object.
+    async fn head_with_etag(&mut self, key: &str) -> Result<Option<(u64, Option<String>)>, PortError> {
+        Ok(self.head(key).await?.map(|size| (size, None)))
     }
 }
 
