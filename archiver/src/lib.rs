@@ -179,12 +179,8 @@ impl StepBody for ArchiveTask<'_> {
                 statements.extend(archives::archive_statements(db, &self.msg.job_id, &job.week, &summary, now()).map_err(meta_error)?);
                 // The off-site copy is due from the moment the archive is recorded.
                 let offsite = self.settings.offsite.as_ref();
-                let copy = replicas::queue_copy(db, offsite, ObjectKind::Archive, &summary.key, summary.bytes, &summary.sha256, now())
+                let copy = replicas::queue_copy(db, &mut statements, offsite, ObjectKind::Archive, &summary.key, summary.bytes, &summary.sha256, now())
                     .map_err(meta_error)?;
-                let copy = copy.map(|(insert, id)| {
-                    statements.push(insert);
-                    id
-                });
                 tasks::commit(db, lease, statements).await.map_err(|e| e.context("recording the archive"))?;
                 if let Some(id) = copy {
                     replicas::send_first(self.env, &id).await;

@@ -384,12 +384,8 @@ impl StepBody for BackupTask<'_> {
                 statements.extend(meta::backup_statements(db, &self.run, &key, &summary, &attempt, now()).map_err(meta_error)?);
                 // The off-site copy is due from the moment the backup is recorded.
                 let offsite = self.settings.offsite.as_ref();
-                let copy = platform::replicas::queue_copy(db, offsite, ObjectKind::Backup, &summary.key, summary.bytes, &summary.sha256, now())
+                let copy = platform::replicas::queue_copy(db, &mut statements, offsite, ObjectKind::Backup, &summary.key, summary.bytes, &summary.sha256, now())
                     .map_err(meta_error)?;
-                let copy = copy.map(|(insert, id)| {
-                    statements.push(insert);
-                    id
-                });
                 tasks::commit(db, lease, statements).await.map_err(|e| e.context("recording the backup"))?;
                 if let Some(id) = copy {
                     platform::replicas::send_first(self.env, &id).await;

@@ -85,29 +85,31 @@ pub async fn get_replica(db: &D1Database, id: &str) -> Result<Option<ReplicaView
     statement(db, &format!("SELECT {COLUMNS} FROM replicas WHERE id = ?1"), &[text(id)])?.first(None).await
 }
 
-/// With `OFFSITE` configured, the statement that queues the copy of a stored object (for the
-/// batch that records the object) and the copy's id; `None` without it. An object already
+/// With `OFFSITE` configured, adds to `batch` (the one that records the stored object) the
+/// statement queueing its copy, and returns the copy's id; `None` without it. An object already
 /// queued (its recording retried) keeps its first copy.
+#[allow(clippy::too_many_arguments)]
 pub fn queue_copy(
     db: &D1Database,
+    batch: &mut Vec<D1PreparedStatement>,
     offsite: Option<&OffsiteConfig>,
     kind: ObjectKind,
     key: &str,
     bytes: u64,
     sha256: &str,
     now: DateTime<Utc>,
-) -> Result<Option<(D1PreparedStatement, String)>> {
+) -> Result<Option<String>> {
     let Some(config) = offsite else { return Ok(None) };
     let id = Uuid::new_v4().to_string();
     let now = timestamp(now);
-    let insert = statement(
+    batch.push(statement(
         db,
         "INSERT INTO replicas (id, source_key, object_kind, offsite_key, state, bytes, sha256, stored_at, queued_at, \
            updated_at, next_attempt_at) VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?7, ?7, ?7) \
          ON CONFLICT (source_key) DO NOTHING",
         &[text(&id), text(key), text(kind.as_str()), text(&config.offsite_key(key)), number(bytes), text(sha256), text(&now)],
-    )?;
-    Ok(Some((insert, id)))
+    )?);
+    Ok(Some(id))
 }
 
 /// Sends the first message of a copy just recorded. A lost send strands nothing: the sweeper
