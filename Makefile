@@ -77,6 +77,8 @@ tools:
 	@command -v sqlite3 >/dev/null || { apt-get update -qq && apt-get install -y -qq sqlite3; }
 	@# Debian's age: the tests decrypt encrypted backups with it, as a user would.
 	@command -v age >/dev/null || { apt-get update -qq && apt-get install -y -qq age; }
+	@# Debian's 7-Zip: one of the three readers the weekly archives are opened with.
+	@command -v 7zz >/dev/null || { apt-get update -qq && apt-get install -y -qq 7zip; }
 	@# Debian's chromium, driven headless by playwright-core (npm) in the dashboard test.
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 

@@ -389,18 +389,24 @@ def our_export(stack: Stack, database: str = DB_NAME) -> dict:
         f"{idle.peak_kib / 1024:.0f} MiB idle")
     sampler = RssSampler(pgid, comm="workerd")
     polls = []
+    poll_times = []
     load = loadavg()
     group = [p for p, _ in group_members(pgid)]  # wrangler (node) and workerd: the whole stack
     cpu0 = cpu_seconds(group)
     with sampler:
         start = time.monotonic()
+        sent_at = datetime.now(timezone.utc)
         r = stack.admin("POST", "/trigger", {"databases": [database], "reason": "bench"})
         assert r.status == 202, (r.status, r.body)
+        answered = time.monotonic() - start
         job_id = r.json()["jobId"]
         job = None
         while time.monotonic() - start < EXPORT_TIMEOUT:
             try:
+                polled = time.monotonic()
                 job = stack.admin("GET", f"/jobs/{job_id}").json()
+                poll_times.append((round(polled - start, 2), round(time.monotonic() - polled, 2), job["status"],
+                                   [h.get("finishedAt") for h in ((job.get("runs") or [{}])[0].get("history") or [])]))
             except OSError as e:  # a busy stack may answer slowly; keep polling
                 polls.append(str(e))
                 time.sleep(0.2)
@@ -431,6 +437,9 @@ def our_export(stack: Stack, database: str = DB_NAME) -> dict:
         "cpu_seconds": cpu,
         "loadavg_before": load,
         "poll_errors": polls[:5],
+        "trigger_sent_at": sent_at.isoformat(),
+        "trigger_answer_seconds": answered,
+        "poll_times": poll_times,
     }
     started, finished = parse_ts(run.get("startedAt")), parse_ts(run.get("finishedAt"))
     if started and finished:

@@ -8,6 +8,7 @@ pub mod config;
 pub mod d1_source;
 pub mod http;
 pub mod meta;
+pub mod native_gzip;
 pub mod operations;
 pub mod r2_store;
 pub mod replicas;

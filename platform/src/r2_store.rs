@@ -69,6 +69,10 @@ fn sha256_bytes(hex: &str) -> Option<Vec<u8>> {
 }
 
 impl ObjectStore for R2Store {
+    async fn gzip_member(&mut self, plain: &[u8]) -> Result<Vec<u8>, PortError> {
+        crate::native_gzip::gzip_member(plain).await
+    }
+
     async fn put(&mut self, key: &str, bytes: Vec<u8>, info: &ObjectInfo) -> Result<(), PortError> {
         let mut put = self
             .bucket

@@ -370,6 +370,12 @@ async fn write_members<O: ObjectStore, C: Clock>(
     }
     .await;
 
+    // Every byte is written: closing the last gzip member may still upload a part, so whether
+    // the archive became a multipart upload is known only after.
+    let result = match result {
+        Ok(None) if index >= state.plan.members.len() => writer.end().await.map(|()| None),
+        other => other,
+    };
     match result {
         Err(e) => {
             writer.abandon().await;

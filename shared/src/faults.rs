@@ -131,6 +131,10 @@ impl<O: ObjectStore> ObjectStore for FaultyStore<O> {
     async fn abort_multipart(&mut self, key: &str, upload_id: &str) -> Result<(), PortError> {
         self.inner.abort_multipart(key, upload_id).await
     }
+
+    async fn gzip_member(&mut self, plain: &[u8]) -> Result<Vec<u8>, PortError> {
+        self.inner.gzip_member(plain).await
+    }
 }
 
 /// A restore target whose first batch of rows for `operation` D1 refuses (fault `restore_batch`,

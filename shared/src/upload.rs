@@ -6,7 +6,12 @@
 //! more than about one part. The multipart upload starts only once a whole part exists: a small
 //! object is stored with one `put`. The object appears at its key only when complete.
 //!
-//! With gzip, each step writes one gzip member; gzip readers join members into one stream.
+//! With gzip, what is written is compressed a [`GZIP_MEMBER_SIZE`] piece at a time, each piece
+//! one whole gzip member, and a step's last piece is closed when it ends: gzip readers (GNU
+//! gzip and tar, Python, 7-Zip, `DecompressionStream`) join members into one stream. A member
+//! needs no state from the one before, so nothing of the compressor has to survive between
+//! steps, and the store may compress natively (see [`ObjectStore::gzip_member`]). Members of
+//! 1 MiB cost about 0.3% of size against one stream (measured on the bench's 73 MB dump).
 //! Dumps and weekly archives are both written this way.
 //!
 //! With recipients, what would be stored is encrypted in the age format on its way out (after
@@ -17,14 +22,15 @@
 use crate::age::{self, AgeError, EncryptionState, Recipient, Seed, StreamEncryptor};
 use crate::ports::{ByteSink, ObjectInfo, ObjectStore, PortError, UploadedPart};
 use crate::sha256::ResumableSha256;
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 
 /// R2's minimum part size, and the size of every part but the last.
 pub const PART_SIZE: usize = 5 * 1024 * 1024;
+
+/// Bytes compressed into one gzip member: large enough that members cost little in size, small
+/// enough to bound memory.
+pub const GZIP_MEMBER_SIZE: usize = 1024 * 1024;
 
 /// Where a streamed object goes and how it is described.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +95,8 @@ pub struct StreamingUpload<'a, O: ObjectStore> {
     parts: Vec<UploadedPart>,
     buffer: Vec<u8>,
     hash: ResumableSha256,
-    gzip: Option<GzEncoder<Vec<u8>>>,
+    /// Written bytes not yet compressed (gzip only), less than a member but for a moment.
+    uncompressed: Vec<u8>,
     /// Present while an encrypted object still takes bytes.
     encryptor: Option<StreamEncryptor>,
     plain_hash: Option<ResumableSha256>,
@@ -145,7 +152,7 @@ impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
             parts: from.map(|p| p.parts.clone()).unwrap_or_default(),
             buffer,
             hash: from.map(|p| p.hash.clone()).unwrap_or_default(),
-            gzip: spec.gzip.then(|| GzEncoder::new(Vec::new(), Compression::new(6))),
+            uncompressed: Vec::new(),
             plain_hash: encryptor.as_ref().map(|_| from.and_then(|p| p.plain_hash.clone()).unwrap_or_default()),
             encryptor,
         };
@@ -153,6 +160,8 @@ impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
         Ok(upload)
     }
 
+    /// Whether the object is a multipart upload; final only once every byte is written and
+    /// [`Self::end`] has run (closing the last gzip member may upload a part).
     pub fn is_multipart(&self) -> bool {
         self.upload_id.is_some()
     }
@@ -209,11 +218,28 @@ impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
         Ok(())
     }
 
-    /// Closes this step's gzip member, if any.
+    /// Compresses what is written into members while a whole one is there, or (`flush`) all
+    /// of it.
+    async fn compress(&mut self, flush: bool) -> Result<(), PortError> {
+        while self.uncompressed.len() >= GZIP_MEMBER_SIZE || (flush && !self.uncompressed.is_empty()) {
+            let rest = self.uncompressed.split_off(GZIP_MEMBER_SIZE.min(self.uncompressed.len()));
+            let piece = std::mem::replace(&mut self.uncompressed, rest);
+            let member = self.store.gzip_member(&piece).await?;
+            self.emit(&member).await?;
+        }
+        Ok(())
+    }
+
+    /// Compresses whatever is written and not yet compressed. An object of no bytes at all
+    /// is still one (empty) gzip member: gzip readers refuse an empty file.
     async fn end_member(&mut self) -> Result<(), PortError> {
-        if let Some(encoder) = self.gzip.take() {
-            let rest = encoder.finish().map_err(|e| PortError::unavailable(format!("gzip: {e}")))?;
-            self.emit(&rest).await?;
+        if self.spec.gzip {
+            let compressed_so_far = self.plain_hash.as_ref().unwrap_or(&self.hash).len();
+            if self.uncompressed.is_empty() && compressed_so_far == 0 {
+                let member = self.store.gzip_member(&[]).await?;
+                self.emit(&member).await?;
+            }
+            self.compress(true).await?;
         }
         Ok(())
     }
@@ -286,8 +312,10 @@ impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
     /// verified facts (`extra`) as metadata besides its `sha256` and `bytes`; returns its size
     /// and SHA-256.
     pub async fn put_whole(mut self, extra: BTreeMap<String, String>) -> Result<(u64, String), PortError> {
-        debug_assert!(self.upload_id.is_none(), "put_whole is for objects without a multipart upload");
         self.end().await?;
+        if self.upload_id.is_some() {
+            return Err(PortError::unavailable(format!("{} became a multipart upload: it cannot be stored with one put", self.spec.key)));
+        }
         let (bytes, sha256) = (self.hash.len(), self.hash.hex_digest());
         let mut custom = self.spec.metadata.clone();
         custom.extend(extra);
@@ -320,13 +348,11 @@ impl<'a, O: ObjectStore> StreamingUpload<'a, O> {
 
 impl<O: ObjectStore> ByteSink for StreamingUpload<'_, O> {
     async fn write(&mut self, bytes: &[u8]) -> Result<(), PortError> {
-        match &mut self.gzip {
-            Some(encoder) => {
-                encoder.write_all(bytes).map_err(|e| PortError::unavailable(format!("gzip: {e}")))?;
-                let compressed = std::mem::take(encoder.get_mut());
-                self.emit(&compressed).await
-            }
-            None => self.emit(bytes).await,
+        if self.spec.gzip {
+            self.uncompressed.extend_from_slice(bytes);
+            self.compress(false).await
+        } else {
+            self.emit(bytes).await
         }
     }
 }

@@ -1,13 +1,17 @@
 """Weekly archives and retention on the local stack: nightly backups made by firing the
 producer's cron for days of past weeks, archived by the archiver Worker, downloaded, opened with
-GNU tar and compared byte for byte; then retention over months of simulated history."""
+GNU tar, Python's tarfile and 7-Zip and compared byte for byte; then retention over months of
+simulated history."""
 
 import datetime as dt
 import hashlib
 import json
+import io
 import subprocess
+import tarfile
 import time
 import uuid
+import zlib
 
 import pytest
 
@@ -118,6 +122,18 @@ def test_weekly_archives_hold_the_dailies_byte_for_byte(history):
         subprocess.run(["tar", "-xzf", str(path), "-C", str(out)], check=True)
         for member in expected[:-1]:
             assert (out / member).read_bytes() == dailies[member], member
+        # The archive is many gzip members (one per compressed piece); every reader must join
+        # them into one tar stream, not stop after the first member.
+        assert gzip_member_count(got.body) > 1
+        with tarfile.open(fileobj=io.BytesIO(got.body), mode="r:gz") as tar:
+            assert tar.getnames() == expected
+            for member in expected[:-1]:
+                assert tar.extractfile(member).read() == dailies[member], member
+        seven = workdir / f"{week}-7z"
+        subprocess.run(["7zz", "x", "-y", str(path), f"-o{seven}"], check=True, capture_output=True)
+        subprocess.run(["7zz", "x", "-y", str(seven / f"{week}.tar"), f"-o{seven}"], check=True, capture_output=True)
+        for member in expected[:-1]:
+            assert (seven / member).read_bytes() == dailies[member], member
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["week"] == week and manifest["excluded"] == []
         assert [m["path"] for m in manifest["members"]] == expected[:-1]
@@ -134,6 +150,18 @@ def test_weekly_archives_hold_the_dailies_byte_for_byte(history):
     assert len(stack.r2_objects("weekly/")) == 3
     assert stack.r2_open_uploads() == []
     assert stack.r2_objects("staging/") == {}
+
+
+def gzip_member_count(data: bytes) -> int:
+    """How many gzip members `data` is made of (each must be whole)."""
+    count = 0
+    while data:
+        decoder = zlib.decompressobj(wbits=31)
+        decoder.decompress(data)
+        assert decoder.eof, "a gzip member is cut short"
+        data = decoder.unused_data
+        count += 1
+    return count
 
 
 def test_retention_keeps_exactly_what_the_policy_says(history):

@@ -153,6 +153,10 @@ pub async fn extract_step<O: ObjectStore>(
         let checkpoint = ExtractCheckpoint { position: reader.position(), state, upload: writer.pause(step).await?, step };
         return Ok(ExtractProgress::Paused { checkpoint, superseded });
     }
+    if let Err(e) = writer.end().await {
+        writer.abandon().await;
+        return Err(e.into());
+    }
     let (bytes, sha256) = if writer.is_multipart() {
         let progress = writer.pause(step).await?;
         let done = upload::complete(store, dest, &progress).await?;
