@@ -8,7 +8,7 @@ pub mod config;
 pub mod d1_source;
 pub mod http;
 pub mod meta;
-pub mod native_gzip;
+pub mod native_streams;
 pub mod operations;
 pub mod r2_store;
 pub mod replicas;

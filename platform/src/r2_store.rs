@@ -2,7 +2,7 @@
 
 use shared::ports::{ObjectInfo, ObjectStore, PortError, UploadedPart};
 use std::collections::HashMap;
-use worker::{Bucket, HttpMetadata, Range};
+use worker::{Bucket, HttpMetadata, Range, ResponseBody};
 
 pub struct R2Store {
     bucket: Bucket,
@@ -70,7 +70,22 @@ fn sha256_bytes(hex: &str) -> Option<Vec<u8>> {
 
 impl ObjectStore for R2Store {
     async fn gzip_member(&mut self, plain: &[u8]) -> Result<Vec<u8>, PortError> {
-        crate::native_gzip::gzip_member(plain).await
+        crate::native_streams::gzip_member(plain).await
+    }
+
+    async fn sha256(&mut self, key: &str) -> Result<Option<(u64, String)>, PortError> {
+        let Some(object) = self.bucket.get(key).execute().await.map_err(|e| r2_error("get", key, e))? else {
+            return Ok(None);
+        };
+        let size = object.size();
+        let digest = match object.body().map(|body| body.response_body()) {
+            Some(Ok(ResponseBody::Stream(stream))) => crate::native_streams::sha256_of_stream(&stream).await?,
+            Some(Ok(ResponseBody::Body(bytes))) => shared::sha256::sha256_hex(&bytes),
+            Some(Ok(ResponseBody::Empty)) | None if size == 0 => shared::sha256::sha256_hex(&[]),
+            Some(Ok(ResponseBody::Empty)) | None => return Err(PortError::unavailable(format!("{key}: R2 returned no body"))),
+            Some(Err(e)) => return Err(r2_error("reading", key, e)),
+        };
+        Ok(Some((size, digest)))
     }
 
     async fn put(&mut self, key: &str, bytes: Vec<u8>, info: &ObjectInfo) -> Result<(), PortError> {

@@ -14,8 +14,9 @@
 //! wrong, and keeps the common path to a single read of every daily.
 //!
 //! After completion the stored archive is read back and its SHA-256 compared with what was
-//! written: only a verified archive is reported complete, and only a verified archive lets
-//! retention delete the dailies inside it.
+//! written (whole when it fits the step's read budget, through [`ObjectStore::sha256`]): only a
+//! verified archive is reported complete, and only a verified archive lets retention delete the
+//! dailies inside it.
 
 use crate::ports::{ByteSink, Clock, ObjectStore, PortError};
 use crate::sha256::ResumableSha256;
@@ -247,30 +248,42 @@ pub async fn archive_step<O: ObjectStore, C: Clock>(
                 state.phase = ArchivePhase::Verifying { bytes, sha256, offset: 0, hash: ResumableSha256::new() };
             }
             ArchivePhase::Verifying { bytes: expected, sha256, mut offset, mut hash } => {
-                while offset < expected {
-                    if meter.exhausted() {
-                        state.phase = ArchivePhase::Verifying { bytes: expected, sha256, offset, hash };
-                        return Ok(ArchiveProgress::Paused { checkpoint: state, superseded });
-                    }
-                    let length = READ_CHUNK.min(expected - offset);
-                    let chunk = store.get_range(&state.plan.key, offset, length).await?.ok_or_else(|| {
-                        ArchiveError::Verification(format!("{} is missing after completion", state.plan.key))
-                    })?;
-                    if chunk.len() as u64 != length {
+                if offset == 0 && expected <= meter.budget.max_read_bytes.saturating_sub(meter.read) {
+                    // It fits this step: hashed whole, which a Worker does natively as the
+                    // object streams, without copying it into WebAssembly.
+                    let found = store.sha256(&state.plan.key).await?;
+                    if found.as_ref() != Some(&(expected, sha256.clone())) {
                         return Err(ArchiveError::Verification(format!(
-                            "{} is shorter than the {expected} bytes written",
+                            "{} does not read back as the archive written ({expected} bytes, SHA-256 {sha256}): {found:?}",
                             state.plan.key
                         )));
                     }
-                    meter.read += length;
-                    hash.update(&chunk);
-                    offset += length;
-                }
-                if hash.hex_digest() != sha256 || store.head(&state.plan.key).await? != Some(expected) {
-                    return Err(ArchiveError::Verification(format!(
-                        "{} does not read back as the archive written (SHA-256 {sha256})",
-                        state.plan.key
-                    )));
+                } else {
+                    while offset < expected {
+                        if meter.exhausted() {
+                            state.phase = ArchivePhase::Verifying { bytes: expected, sha256, offset, hash };
+                            return Ok(ArchiveProgress::Paused { checkpoint: state, superseded });
+                        }
+                        let length = READ_CHUNK.min(expected - offset);
+                        let chunk = store.get_range(&state.plan.key, offset, length).await?.ok_or_else(|| {
+                            ArchiveError::Verification(format!("{} is missing after completion", state.plan.key))
+                        })?;
+                        if chunk.len() as u64 != length {
+                            return Err(ArchiveError::Verification(format!(
+                                "{} is shorter than the {expected} bytes written",
+                                state.plan.key
+                            )));
+                        }
+                        meter.read += length;
+                        hash.update(&chunk);
+                        offset += length;
+                    }
+                    if hash.hex_digest() != sha256 || store.head(&state.plan.key).await? != Some(expected) {
+                        return Err(ArchiveError::Verification(format!(
+                            "{} does not read back as the archive written (SHA-256 {sha256})",
+                            state.plan.key
+                        )));
+                    }
                 }
                 let plan = state.plan;
                 return Ok(ArchiveProgress::Complete {

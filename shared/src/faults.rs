@@ -135,6 +135,10 @@ impl<O: ObjectStore> ObjectStore for FaultyStore<O> {
     async fn gzip_member(&mut self, plain: &[u8]) -> Result<Vec<u8>, PortError> {
         self.inner.gzip_member(plain).await
     }
+
+    async fn sha256(&mut self, key: &str) -> Result<Option<(u64, String)>, PortError> {
+        self.inner.sha256(key).await
+    }
 }
 
 /// A restore target whose first batch of rows for `operation` D1 refuses (fault `restore_batch`,

@@ -137,6 +137,23 @@ pub trait ObjectStore {
         Ok(self.head(key).await?.map(|size| (size, None)))
     }
 
+    /// The size and SHA-256 (lowercase hex) of the whole object at `key`, or `None` if there is
+    /// none. This default reads it a bounded range at a time; a Worker's store streams the
+    /// object through the runtime's native digest instead, without copying it into WebAssembly.
+    async fn sha256(&mut self, key: &str) -> Result<Option<(u64, String)>, PortError> {
+        const RANGE: u64 = 4 * 1024 * 1024;
+        let Some(size) = self.head(key).await? else { return Ok(None) };
+        let mut hash = crate::sha256::ResumableSha256::new();
+        while hash.len() < size {
+            let piece = self.get_range(key, hash.len(), RANGE.min(size - hash.len())).await?;
+            match piece {
+                Some(piece) if !piece.is_empty() => hash.update(&piece),
+                _ => return Err(PortError::unavailable(format!("{key} changed while it was hashed"))),
+            }
+        }
+        Ok(Some((size, hash.hex_digest())))
+    }
+
     /// `plain` as one whole gzip member (RFC 1952) at level 6, like `gzip -6`. Objects are
     /// compressed on their way into the store, a member at a time: this default runs flate2 (the
     /// native tests); a Worker's store hands it to the runtime's native `CompressionStream`,

@@ -257,3 +257,22 @@ fn gnu_tar_lists_and_extracts_the_archive() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_archive_that_does_not_read_back_as_written_is_never_reported_complete() {
+    // Verified whole (a step with room to read it all) and in pieces across steps.
+    for budget in [ArchiveBudget::UNLIMITED, ArchiveBudget { max_read_bytes: 100_000, max_millis: u64::MAX }] {
+        let mut store = MemoryStore::default();
+        let plan = week_with_dailies(&mut store, &[200_000, 300_000, 100], 64 * 1024);
+        store.damage_on_store = Some(plan.key.clone());
+        let mut checkpoint = ArchiveCheckpoint::start(plan);
+        let error = loop {
+            match block_on(archive_step(&mut store, &|| 0, budget, &checkpoint)) {
+                Ok(ArchiveProgress::Paused { checkpoint: next, .. }) => checkpoint = next,
+                Ok(ArchiveProgress::Complete { .. }) => panic!("a damaged archive was reported complete ({budget:?})"),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(error, ArchiveError::Verification(_)), "{error}");
+    }
+}

@@ -131,6 +131,9 @@ pub struct MemoryStore {
     pub fail_call: Option<u32>,
     /// Largest body handed over in one call.
     pub largest_body: usize,
+    /// Flip a bit of the object stored at this key (by a put or a completed upload), as a
+    /// store that damaged it would.
+    pub damage_on_store: Option<String>,
 }
 
 pub struct Upload {
@@ -140,6 +143,14 @@ pub struct Upload {
 }
 
 impl MemoryStore {
+    fn damage(&mut self, key: &str) {
+        if self.damage_on_store.as_deref() == Some(key) {
+            if let Some(last) = self.objects.get_mut(key).and_then(|(bytes, _)| bytes.last_mut()) {
+                *last ^= 1;
+            }
+        }
+    }
+
     fn call(&mut self, what: &str) -> Result<(), PortError> {
         self.calls += 1;
         if self.fail_call == Some(self.calls) {
@@ -158,6 +169,7 @@ impl ObjectStore for MemoryStore {
         self.call("put")?;
         self.largest_body = self.largest_body.max(bytes.len());
         self.objects.insert(key.to_owned(), (bytes, info.clone()));
+        self.damage(key);
         Ok(())
     }
 
@@ -226,6 +238,7 @@ impl ObjectStore for MemoryStore {
             body.extend_from_slice(bytes);
         }
         self.objects.insert(key.to_owned(), (body, upload.info));
+        self.damage(key);
         Ok(())
     }
 
