@@ -345,6 +345,7 @@ impl StepBody for BackupTask<'_> {
         let progress = backup_step(&mut source, &mut store, &clock, &target, self.settings.export.step_budget(), checkpoint.as_ref())
             .await
             .map_err(|e| TaskError::transient(e.to_string()))?;
+        console_log!("{label}: {}", platform::usage_note(source.inner.usage(), store.inner.operations()));
         match progress {
             BackupProgress::Paused { checkpoint: next, superseded } => {
                 let json = serde_json::to_string(&next).map_err(|e| TaskError::permanent(e.to_string()))?;

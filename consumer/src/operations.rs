@@ -278,6 +278,7 @@ impl StepBody for OperationTask<'_> {
             }
             Err(error) => return Err(error),
         };
+        console_log!("{} step {}: {}", self.label, lease.step, platform::usage_note(target.inner.usage(), store.operations()));
         match progress {
             OperationProgress::Paused { phase, superseded } => {
                 let json = serde_json::to_string::<OperationPhase>(&phase).map_err(|e| TaskError::permanent(e.to_string()))?;

@@ -11,6 +11,18 @@ use worker::{js_sys, D1Database, D1DatabaseSession, D1PreparedStatement};
 
 pub struct D1Source {
     session: D1DatabaseSession,
+    usage: D1Usage,
+}
+
+/// D1 work done through one source or target: what D1 bills is rows read and written, which
+/// follow from these (a page query reads about the rows it returns). Logged per step, they are
+/// the bench's cost model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct D1Usage {
+    pub queries: u32,
+    pub rows_returned: u64,
+    pub batches: u32,
+    pub statements: u32,
 }
 
 impl D1Source {
@@ -19,13 +31,20 @@ impl D1Source {
         let session = db
             .with_session(Some(bookmark.unwrap_or("first-primary")))
             .map_err(|e| PortError::from_d1_message(format!("opening a D1 session failed: {e}")))?;
-        Ok(D1Source { session })
+        Ok(D1Source { session, usage: D1Usage::default() })
+    }
+
+    pub fn usage(&self) -> D1Usage {
+        self.usage
     }
 }
 
 impl SqlSource for D1Source {
     async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PortError> {
-        rows_as_text(self.session.prepare(sql)).await
+        let rows = rows_as_text(self.session.prepare(sql)).await?;
+        self.usage.queries += 1;
+        self.usage.rows_returned += rows.len() as u64;
+        Ok(rows)
     }
 
     fn bookmark(&self) -> Option<String> {
@@ -72,17 +91,25 @@ fn as_text(rows: Vec<Vec<serde_json::Value>>) -> Result<Vec<Vec<Option<String>>>
 /// A D1 database restored into: reads and batches go to the primary.
 pub struct D1Target {
     db: D1Database,
+    usage: D1Usage,
 }
 
 impl D1Target {
     pub fn new(db: D1Database) -> D1Target {
-        D1Target { db }
+        D1Target { db, usage: D1Usage::default() }
+    }
+
+    pub fn usage(&self) -> D1Usage {
+        self.usage
     }
 }
 
 impl SqlSource for D1Target {
     async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PortError> {
-        rows_as_text(self.db.prepare(sql)).await
+        let rows = rows_as_text(self.db.prepare(sql)).await?;
+        self.usage.queries += 1;
+        self.usage.rows_returned += rows.len() as u64;
+        Ok(rows)
     }
 }
 
@@ -92,6 +119,8 @@ impl SqlTarget for D1Target {
         // D1's messages end with SQLite's result code (`...: SQLITE_ERROR`) when SQLite refused
         // a statement, which tells a damaged dump from an unreachable database.
         self.db.batch(prepared).await.map_err(|e| PortError::from_d1_message(format!("D1 batch failed: {e}")))?;
+        self.usage.batches += 1;
+        self.usage.statements += statements.len() as u32;
         Ok(())
     }
 }

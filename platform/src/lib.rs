@@ -42,3 +42,11 @@ pub fn now() -> chrono::DateTime<chrono::Utc> {
 pub fn millis_to_utc(ms: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
+
+/// One step's billable work, for its log line (`usage: …`), which the bench's cost model reads.
+pub fn usage_note(d1: d1_source::D1Usage, r2: r2_store::R2Operations) -> String {
+    format!(
+        "usage: D1 {} queries returning {} rows, {} batches of {} statements; R2 class A {}, class B {}",
+        d1.queries, d1.rows_returned, d1.batches, d1.statements, r2.class_a, r2.class_b
+    )
+}

@@ -6,11 +6,25 @@ use worker::{Bucket, HttpMetadata, Range, ResponseBody};
 
 pub struct R2Store {
     bucket: Bucket,
+    operations: R2Operations,
+}
+
+/// R2 operations made through one store, by the classes R2 bills: A (writes, lists, multipart
+/// steps) and B (reads, heads). Deletes and aborts are free. Logged per step, they are the
+/// bench's cost model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct R2Operations {
+    pub class_a: u32,
+    pub class_b: u32,
 }
 
 impl R2Store {
     pub fn new(bucket: Bucket) -> R2Store {
-        R2Store { bucket }
+        R2Store { bucket, operations: R2Operations::default() }
+    }
+
+    pub fn operations(&self) -> R2Operations {
+        self.operations
     }
 
     /// Once a task has ended, its staging area goes whole (see [`Self::delete_all_under`]). A
@@ -35,6 +49,7 @@ impl R2Store {
             if let Some(c) = cursor.take() {
                 list = list.cursor(c);
             }
+            self.operations.class_a += 1;
             let page = list.execute().await.map_err(|e| r2_error("listing", prefix, e))?;
             for object in page.objects() {
                 self.delete(&object.key()).await?;
@@ -74,6 +89,7 @@ impl ObjectStore for R2Store {
     }
 
     async fn sha256(&mut self, key: &str) -> Result<Option<(u64, String)>, PortError> {
+        self.operations.class_b += 1;
         let Some(object) = self.bucket.get(key).execute().await.map_err(|e| r2_error("get", key, e))? else {
             return Ok(None);
         };
@@ -89,6 +105,7 @@ impl ObjectStore for R2Store {
     }
 
     async fn put(&mut self, key: &str, bytes: Vec<u8>, info: &ObjectInfo) -> Result<(), PortError> {
+        self.operations.class_a += 1;
         let mut put = self
             .bucket
             .put(key, bytes)
@@ -103,6 +120,7 @@ impl ObjectStore for R2Store {
     }
 
     async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, PortError> {
+        self.operations.class_b += 1;
         let object = self.bucket.get(key).execute().await.map_err(|e| r2_error("get", key, e))?;
         match object.as_ref().and_then(|o| o.body()) {
             Some(body) => Ok(Some(body.bytes().await.map_err(|e| r2_error("reading", key, e))?)),
@@ -114,6 +132,7 @@ impl ObjectStore for R2Store {
         if length == 0 {
             return Ok(self.head(key).await?.map(|_| Vec::new()));
         }
+        self.operations.class_b += 1;
         let object = self
             .bucket
             .get(key)
@@ -128,6 +147,7 @@ impl ObjectStore for R2Store {
     }
 
     async fn head(&mut self, key: &str) -> Result<Option<u64>, PortError> {
+        self.operations.class_b += 1;
         let object = self.bucket.head(key).await.map_err(|e| r2_error("head", key, e))?;
         Ok(object.map(|o| o.size()))
     }
@@ -137,6 +157,7 @@ impl ObjectStore for R2Store {
     }
 
     async fn create_multipart(&mut self, key: &str, info: &ObjectInfo) -> Result<String, PortError> {
+        self.operations.class_a += 1;
         let upload = self
             .bucket
             .create_multipart_upload(key)
@@ -149,6 +170,7 @@ impl ObjectStore for R2Store {
     }
 
     async fn upload_part(&mut self, key: &str, upload_id: &str, number: u16, bytes: Vec<u8>) -> Result<String, PortError> {
+        self.operations.class_a += 1;
         let upload = self
             .bucket
             .resume_multipart_upload(key, upload_id)
@@ -161,6 +183,7 @@ impl ObjectStore for R2Store {
     }
 
     async fn complete_multipart(&mut self, key: &str, upload_id: &str, parts: &[UploadedPart]) -> Result<(), PortError> {
+        self.operations.class_a += 1;
         let upload = self
             .bucket
             .resume_multipart_upload(key, upload_id)
