@@ -39,7 +39,9 @@ pub async fn record_digest(settings: &Settings, db: &D1Database, cron_at: DateTi
     if found.is_some() {
         return Ok(None);
     }
-    let (start, end) = (timestamp(period.start), timestamp(period.end));
+    // Up to now: the digest says what was stored when it was made, even when made early (a
+    // cron fired by hand for a night to come).
+    let (start, end) = (timestamp(period.start), timestamp(period.end.min(now)));
 
     #[derive(Deserialize)]
     struct Stored {

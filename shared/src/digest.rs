@@ -222,7 +222,7 @@ impl Digest {
         let backups: u32 = self.databases.iter().map(|d| d.backups).sum();
         let backed_up = self.databases.iter().filter(|d| d.backups > 0).count();
         let mut line = format!(
-            "{} digest for {}: {backups} backup{} of {backed_up} of {} database{}",
+            "{} digest for {}: {backups} backup{}; {backed_up} of {} database{} backed up",
             self.period.name(),
             self.period.label,
             if backups == 1 { "" } else { "s" },
@@ -421,7 +421,7 @@ mod tests {
         assert_eq!(digest.problems(), ["2 failed runs", "1 failed verification", "2 stale databases"]);
         assert_eq!(
             digest.summary(),
-            "Weekly digest for 2026-W47: 4 backups of 2 of 4 databases; 2 failed runs, 1 failed verification, 2 stale databases."
+            "Weekly digest for 2026-W47: 4 backups; 2 of 4 databases backed up; 2 failed runs, 1 failed verification, 2 stale databases."
         );
         let grew = DigestDatabase { previous_bytes: Some(1000), newest: demo.newest.clone(), ..demo.clone() };
         assert_eq!(grew.trend(), "+10.0%");
