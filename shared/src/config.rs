@@ -488,7 +488,13 @@ mod tests {
         let policy = set.task_policy(crate::task::TaskKind::Backup);
         assert_eq!((policy.max_attempts, policy.step_seconds), (6, 30));
         assert_eq!(set.task_policy(crate::task::TaskKind::Archive).max_attempts, ArchiveLimits::DEFAULT.max_attempts);
-        for bad in [("ALERT_ON_SUCCESS", "yes"), ("BACKUP_MAX_ATTEMPTS", "0"), ("SWEEP_GRACE_SECONDS", "soon"), ("RETRY_MAX_SECONDS", "x")] {
+        // Email needs its binding; without ALERT_EMAIL no binding is asked for.
+        assert_eq!(defaults.check_bindings(|_| false), Ok(()));
+        let email = Settings::from_vars(vars(&[("ALERT_EMAIL", r#"{"from": "b@example.com", "to": "o@example.com"}"#)]), None).unwrap();
+        assert!(email.check_bindings(|_| false).unwrap_err().0.contains("SEND_EMAIL"));
+        assert_eq!(email.check_bindings(|name| name == "SEND_EMAIL"), Ok(()));
+        for bad in [("ALERT_ON_SUCCESS", "yes"), ("BACKUP_MAX_ATTEMPTS", "0"), ("SWEEP_GRACE_SECONDS", "soon"), ("RETRY_MAX_SECONDS", "x"),
+                    ("ALERT_EMAIL", r#"{"from": "b@example", "to": "o@example.com"}"#)] {
             let err = Settings::from_vars(|n| (n == bad.0).then(|| bad.1.to_string()), None).unwrap_err();
             assert!(err.0.contains(bad.0), "{err}");
         }

@@ -373,7 +373,8 @@ pub fn mime_message(from: &str, to: &[String], content: &EmailContent, date: Dat
         m.push_str("\r\n");
     };
     header("From", &format!("{SENDER_NAME} <{from}>"));
-    header("To", &to.join(", "));
+    // One address a line: any number of recipients stays within 78 characters a line.
+    header("To", &to.join(",\r\n "));
     header("Subject", &encode_header_value(&content.subject));
     header("Date", &rfc5322_date(date));
     header("Message-ID", message_id);
@@ -495,7 +496,7 @@ mod tests {
         let (head, _) = raw.split_once("\r\n\r\n").unwrap();
         let headers: Vec<&str> = head.split("\r\n").collect();
         assert!(headers.contains(&"From: d1-backup <backups@example.com>"));
-        assert!(headers.contains(&"To: ops@example.com, cto@example.com"));
+        assert!(head.contains("\r\nTo: ops@example.com,\r\n cto@example.com\r\n"));
         assert!(headers.contains(&"Date: Mon, 23 Nov 2026 03:00:00 +0000"));
         assert!(headers.contains(&"Message-ID: <d1-backup.alert-42.20261123T030000500Z@example.com>"));
         assert!(headers.contains(&"MIME-Version: 1.0"));
