@@ -131,6 +131,11 @@ status = {
             "copiedBytes": {"type": "integer", "minimum": 0}, "pending": {"type": "integer", "minimum": 0},
             "dead": {"type": "integer", "minimum": 0}, "lastCopiedAt": NULLABLE_STR, "lastError": NULLABLE_STR,
             "lastErrorKey": NULLABLE_STR}},
+        # Email alerts (ALERT_EMAIL): {"configured": false} without it.
+        "email": {"type": "object", "required": ["configured"], "properties": {
+            "configured": {"type": "boolean"}, "from": {"type": "string"},
+            "to": {"type": "array", "items": {"type": "string"}},
+            "digest": {"enum": ["daily", "weekly", None]}, "dashboard": NULLABLE_STR}},
     },
 }
 # How an operation ended (tagged by "outcome"), null until it has.

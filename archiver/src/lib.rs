@@ -248,7 +248,7 @@ impl StepBody for ArchiveTask<'_> {
     /// Alerts raised by the job (a daily left out, a dead job) go out now; delivery never fails
     /// the archive.
     async fn ended(&mut self, db: &D1Database) {
-        if let Err(e) = platform::alerts::deliver_pending(self.env, db, now()).await {
+        if let Err(e) = platform::alerts::deliver_pending(self.env, self.settings, db, now()).await {
             console_error!("{}: delivering alerts failed: {e}", self.label);
         }
     }

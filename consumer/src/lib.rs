@@ -526,11 +526,11 @@ async fn raise_job_alerts(env: &Env, settings: &Settings, meta_db: &D1Database, 
     if let Err(e) = platform::alerts::record_job_outcome(settings, meta_db, job_id, now()).await {
         console_error!("job {job_id}: recording its outcome alert failed: {e}");
     }
-    deliver_alerts(env, meta_db).await;
+    deliver_alerts(env, settings, meta_db).await;
 }
 
-async fn deliver_alerts(env: &Env, meta_db: &D1Database) {
-    if let Err(e) = platform::alerts::deliver_pending(env, meta_db, now()).await {
+async fn deliver_alerts(env: &Env, settings: &Settings, meta_db: &D1Database) {
+    if let Err(e) = platform::alerts::deliver_pending(env, settings, meta_db, now()).await {
         console_error!("delivering alerts failed: {e}");
     }
 }
@@ -540,18 +540,18 @@ async fn deliver_alerts(env: &Env, meta_db: &D1Database) {
 async fn bury(env: &Env, delivery: &Delivery) {
     let result = async {
         let meta_db = env.d1(bindings::META)?;
+        let settings = config::settings(env)?;
         let msg = match parse(delivery) {
             Ok(msg) => msg,
             Err(error) => {
                 console_error!("dead letter {} is unreadable: {error}; recording it", delivery.id);
                 meta::record_rejected(&meta_db, &delivery.id, DEAD_LETTER_QUEUE, &body_text(delivery), &error, now())
                     .await?;
-                deliver_alerts(env, &meta_db).await;
+                deliver_alerts(env, &settings, &meta_db).await;
                 return Ok(());
             }
         };
         let label = label(&msg);
-        let settings = config::settings(env)?;
         let Some(run) = meta::find_run(&meta_db, &msg.job_id, &msg.database).await? else {
             console_error!("{label}: dead letter for an unknown run");
             return Ok(());

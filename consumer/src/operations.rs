@@ -326,7 +326,7 @@ impl StepBody for OperationTask<'_> {
     async fn ended(&mut self, db: &D1Database) {
         if let Some(error) = self.died_of.take() {
             let headline = format!("backup {} of {} could not be verified: {error}", self.op.source_key, self.op.database);
-            raise_verify_alert(self.env, db, &self.op, None, &headline, &format!("could not verify: {error}")).await;
+            raise_verify_alert(self.env, self.settings, db, &self.op, None, &headline, &format!("could not verify: {error}")).await;
         } else if let Some(outcome) = self.outcome.take().filter(|o| !o.succeeded()) {
             let (table, headline) = match &outcome {
                 OperationOutcome::Refused { message } => {
@@ -340,7 +340,7 @@ impl StepBody for OperationTask<'_> {
                 OperationOutcome::Restored(_) | OperationOutcome::RolledBack { .. } => (None, format!("restore {} failed", self.op.id)),
             };
             let verdict = serde_json::to_string(&outcome).unwrap_or_default();
-            raise_verify_alert(self.env, db, &self.op, table.as_deref(), &headline, &verdict).await;
+            raise_verify_alert(self.env, self.settings, db, &self.op, table.as_deref(), &headline, &verdict).await;
         }
     }
 
@@ -362,6 +362,7 @@ async fn release_staging(store: &mut R2Store, plan: &OperationPlan, phase: &Oper
 /// A failed verification raises `verify_failed` (once per operation) and is delivered at once.
 async fn raise_verify_alert(
     env: &Env,
+    settings: &Settings,
     meta_db: &D1Database,
     op: &OperationView,
     table: Option<&str>,
@@ -372,7 +373,7 @@ async fn raise_verify_alert(
         return;
     }
     let alert = Alert {
-        kind: "verify_failed".into(),
+        kind: shared::alerts::AlertKind::VerifyFailed,
         database: Some(op.database.clone()),
         job_id: None,
         message: headline.to_owned(),
@@ -388,7 +389,7 @@ async fn raise_verify_alert(
     if let Err(e) = platform::alerts::record(meta_db, &alert, now()).await {
         console_error!("recording the verify_failed alert failed: {e}");
     }
-    if let Err(e) = platform::alerts::deliver_pending(env, meta_db, now()).await {
+    if let Err(e) = platform::alerts::deliver_pending(env, settings, meta_db, now()).await {
         console_error!("delivering alerts failed: {e}");
     }
 }

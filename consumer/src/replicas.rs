@@ -154,7 +154,7 @@ impl StepBody for ReplicaTask<'_> {
 
     async fn ended(&mut self, db: &D1Database) {
         if self.died {
-            if let Err(e) = platform::alerts::deliver_pending(self.env, db, now()).await {
+            if let Err(e) = platform::alerts::deliver_pending(self.env, self.settings, db, now()).await {
                 console_error!("{}: delivering alerts failed: {e}", self.label);
             }
         }

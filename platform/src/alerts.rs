@@ -1,20 +1,26 @@
-//! Alerts in the metadata database, and their delivery to the webhooks in `WEBHOOK_URL`.
-//! Delivery never fails the work that raised the alert: a webhook that fails is retried (now,
-//! and at later invocations up to `MAX_DELIVERY_ATTEMPTS`), and its failure is logged and
-//! recorded without the URL, which is a secret.
+//! Alerts in the metadata database, and their delivery to the webhooks in `WEBHOOK_URL` and by
+//! email to the recipients of `ALERT_EMAIL`. Delivery never fails the work that raised the
+//! alert: a webhook or an email that fails is retried (now, and at later invocations up to
+//! `MAX_DELIVERY_ATTEMPTS`), and its failure is logged and recorded (a webhook's without the
+//! URL, which is a secret).
 
 use crate::meta::{changed_one, number, opt_text, statement, text, timestamp};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use shared::alerts::{parse_webhooks, webhook_body, Alert, Webhook};
+use shared::alerts::{deliverable_kinds, parse_webhooks, webhook_body, Alert, AlertKind, Channel, Webhook};
 use shared::config::Settings;
-use worker::{console_error, console_log, D1Database, Env, Fetch, Headers, Method, Request, RequestInit, Result};
+use shared::email::{
+    email_for, message_id, mime_message, AlertContext, BackupSummary, EmailConfig, LastGoodBackup,
+};
+use worker::{
+    console_error, console_log, D1Database, EmailMessage, Env, Fetch, Headers, Method, Request, RequestInit, Result, SendEmail,
+};
 
 /// Deliveries of one alert before it is left unsent for good (it stays recorded).
 pub const MAX_DELIVERY_ATTEMPTS: u32 = 5;
 /// Alerts delivered per invocation, oldest first.
 const DELIVERIES_PER_INVOCATION: u32 = 20;
-/// How long a delivering invocation holds an alert (three tries take under 40 s).
+/// How long a delivering invocation holds an alert (three tries per channel take seconds).
 const CLAIM_SECONDS: i64 = 60;
 /// The name webhooks show as the sender.
 const SOURCE: &str = "d1-backup";
@@ -26,7 +32,7 @@ pub async fn record(db: &D1Database, alert: &Alert, now: DateTime<Utc>) -> Resul
         "INSERT INTO alerts (kind, job_id, database, message, details, subject, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
         &[
-            text(&alert.kind),
+            text(alert.kind.as_str()),
             opt_text(alert.job_id.as_deref()),
             opt_text(alert.database.as_deref()),
             text(&alert.message),
@@ -61,7 +67,7 @@ pub async fn record_job_outcome(settings: &Settings, db: &D1Database, job_id: &s
     let on_success = settings.alert_on_success;
     let alert = if row.dead > 0 {
         Alert {
-            kind: "job_failed".into(),
+            kind: AlertKind::JobFailed,
             database: None,
             job_id: Some(job_id.to_owned()),
             message: format!("Backup job {job_id} finished with {} of {} databases failed.", row.dead, row.total),
@@ -70,7 +76,7 @@ pub async fn record_job_outcome(settings: &Settings, db: &D1Database, job_id: &s
         }
     } else if on_success {
         Alert {
-            kind: "job_succeeded".into(),
+            kind: AlertKind::JobSucceeded,
             database: None,
             job_id: Some(job_id.to_owned()),
             message: format!("Backup job {job_id} finished: all {} databases backed up.", row.total),
@@ -84,18 +90,56 @@ pub async fn record_job_outcome(settings: &Settings, db: &D1Database, job_id: &s
     Ok(())
 }
 
-/// Sends unsent alerts to every configured webhook. Returns how many were delivered.
-pub async fn deliver_pending(env: &Env, db: &D1Database, now: DateTime<Utc>) -> Result<u32> {
-    let Some(configured) = env.secret("WEBHOOK_URL").ok().map(|s| s.to_string()).filter(|s| !s.trim().is_empty()) else {
-        return Ok(0);
-    };
-    let webhooks = match parse_webhooks(&configured) {
-        Ok(hooks) => hooks,
-        Err(e) => {
-            console_error!("alerts not delivered: {e}");
-            return Ok(0);
+/// The channels this Worker delivers through: the webhooks in `WEBHOOK_URL` and the email of
+/// `ALERT_EMAIL` (its binding was checked with the settings).
+struct Channels<'a> {
+    webhooks: Vec<Webhook>,
+    email: Option<(&'a EmailConfig, SendEmail)>,
+}
+
+impl Channels<'_> {
+    fn list(&self) -> Vec<Channel> {
+        let mut channels = Vec::new();
+        if !self.webhooks.is_empty() {
+            channels.push(Channel::Webhooks);
         }
+        if self.email.is_some() {
+            channels.push(Channel::Email);
+        }
+        channels
+    }
+}
+
+fn channels<'a>(env: &Env, settings: &'a Settings) -> Channels<'a> {
+    let webhooks = match env.secret("WEBHOOK_URL").ok().map(|s| s.to_string()).filter(|s| !s.trim().is_empty()) {
+        None => Vec::new(),
+        Some(configured) => parse_webhooks(&configured).unwrap_or_else(|e| {
+            console_error!("alerts not delivered to webhooks: {e}");
+            Vec::new()
+        }),
     };
+    let email = settings.email.as_ref().and_then(|config| match env.send_email(crate::bindings::SEND_EMAIL) {
+        Ok(binding) => Some((config, binding)),
+        Err(e) => {
+            console_error!("alerts not delivered by email: {e}");
+            None
+        }
+    });
+    Channels { webhooks, email }
+}
+
+/// Sends unsent alerts through every configured channel: each webhook and each email
+/// recipient. An alert is sent once every channel that carries its kind took it; otherwise the
+/// failures are recorded together and the whole alert is tried again at a later invocation (up
+/// to `MAX_DELIVERY_ATTEMPTS`). Returns how many were delivered.
+pub async fn deliver_pending(env: &Env, settings: &Settings, db: &D1Database, now: DateTime<Utc>) -> Result<u32> {
+    let channels = channels(env, settings);
+    // Only the kinds this Worker can deliver: an alert no channel here carries (a digest
+    // without email) must not hold up the others.
+    let kinds: Vec<&str> = deliverable_kinds(&channels.list()).into_iter().map(AlertKind::as_str).collect();
+    if kinds.is_empty() {
+        return Ok(0);
+    }
     #[derive(Deserialize)]
     struct Row {
         id: u64,
@@ -110,16 +154,24 @@ pub async fn deliver_pending(env: &Env, db: &D1Database, now: DateTime<Utc>) -> 
     let rows: Vec<Row> = statement(
         db,
         "SELECT id, kind, job_id, database, message, details, subject, created_at FROM alerts \
-         WHERE sent_at IS NULL AND attempts < ?1 ORDER BY id LIMIT ?2",
-        &[number(u64::from(MAX_DELIVERY_ATTEMPTS)), number(u64::from(DELIVERIES_PER_INVOCATION))],
+         WHERE sent_at IS NULL AND attempts < ?1 AND kind IN (SELECT value FROM json_each(?3)) ORDER BY id LIMIT ?2",
+        &[
+            number(u64::from(MAX_DELIVERY_ATTEMPTS)),
+            number(u64::from(DELIVERIES_PER_INVOCATION)),
+            text(&serde_json::to_string(&kinds).expect("names serialize")),
+        ],
     )?
     .all()
     .await?
     .results()?;
     let mut delivered = 0;
     for row in rows {
+        let Some(kind) = AlertKind::parse(&row.kind) else {
+            console_error!("alert {} has an unknown kind {:?}; not delivered", row.id, row.kind);
+            continue;
+        };
         let alert = Alert {
-            kind: row.kind,
+            kind,
             database: row.database,
             job_id: row.job_id,
             message: row.message,
@@ -140,9 +192,35 @@ pub async fn deliver_pending(env: &Env, db: &D1Database, now: DateTime<Utc>) -> 
         }
         let at = DateTime::parse_from_rfc3339(&row.created_at).map(|t| t.with_timezone(&Utc)).unwrap_or(now);
         let mut failures = Vec::new();
-        for (i, hook) in webhooks.iter().enumerate() {
-            if let Err(e) = post_with_retry(hook, &webhook_body(&alert, hook.format, SOURCE, at)).await {
-                failures.push(format!("webhook {}: {e}", i + 1));
+        if kind.goes_to(Channel::Webhooks) {
+            for (i, hook) in channels.webhooks.iter().enumerate() {
+                let body = webhook_body(&alert, hook.format, SOURCE, at);
+                if let Err(e) = with_retry(|| post(hook, &body)).await {
+                    failures.push(format!("webhook {}: {e}", i + 1));
+                }
+            }
+        }
+        if let (Some((config, binding)), true) = (&channels.email, kind.goes_to(Channel::Email)) {
+            let sent = async {
+                let context = email_context(db, settings, config, &alert).await.map_err(|e| format!("email: {e}"))?;
+                let content = email_for(&alert, &context, at).map_err(|e| format!("email: {e}"))?;
+                let raw = mime_message(&config.from, &config.to, &content, now, &message_id(row.id, at, &config.from));
+                let mut failures = Vec::new();
+                // The binding takes one envelope recipient per message: a copy each.
+                for (i, to) in config.to.iter().enumerate() {
+                    if let Err(e) = with_retry(|| send_email(binding, &config.from, to, &raw)).await {
+                        failures.push(format!("email to recipient {}: {e}", i + 1));
+                    }
+                }
+                if failures.is_empty() {
+                    Ok(())
+                } else {
+                    Err(failures.join("; "))
+                }
+            }
+            .await;
+            if let Err(e) = sent {
+                failures.push(e);
             }
         }
         if failures.is_empty() {
@@ -166,16 +244,21 @@ pub async fn deliver_pending(env: &Env, db: &D1Database, now: DateTime<Utc>) -> 
     Ok(delivered)
 }
 
-/// POSTs `body`, trying twice more on failure (after 0.5 s and 1 s).
-async fn post_with_retry(hook: &Webhook, body: &serde_json::Value) -> std::result::Result<(), String> {
+/// Runs `attempt`, trying twice more on failure (after 0.5 s and 1 s): one webhook's POST or
+/// one email's send.
+async fn with_retry<F, Fut>(mut attempt: F) -> std::result::Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<(), String>>,
+{
     let mut last = String::new();
-    for (attempt, pause_ms) in [(1, 0u64), (2, 500), (3, 1000)] {
+    for (n, pause_ms) in [(1, 0u64), (2, 500), (3, 1000)] {
         if pause_ms > 0 {
             worker::Delay::from(std::time::Duration::from_millis(pause_ms)).await;
         }
-        match post(hook, body).await {
+        match attempt().await {
             Ok(()) => return Ok(()),
-            Err(e) => last = format!("attempt {attempt}: {e}"),
+            Err(e) => last = format!("attempt {n}: {e}"),
         }
     }
     Err(last)
@@ -195,6 +278,85 @@ async fn post(hook: &Webhook, body: &serde_json::Value) -> std::result::Result<(
     }
 }
 
+/// Hands one copy of `raw` to the `send_email` binding, for the envelope recipient `to`.
+async fn send_email(binding: &SendEmail, from: &str, to: &str, raw: &str) -> std::result::Result<(), String> {
+    let message = EmailMessage::new(from, to, raw).map_err(|e| String::from(e.message()))?;
+    binding.send(&message).await.map(|_| ()).map_err(|e| String::from(e.message()))
+}
+
+/// What an alert's email says beyond the alert: the dashboard link, the off-site bucket of a
+/// failed copy, and the last good backup (the newest not deleted and not failed verification)
+/// of each database the alert is about: its own, or the dead runs' of a failed job.
+async fn email_context(db: &D1Database, settings: &Settings, config: &EmailConfig, alert: &Alert) -> Result<AlertContext> {
+    let bucket = match alert.kind {
+        AlertKind::ReplicaDead => settings.offsite.as_ref().map(|o| o.bucket.clone()),
+        _ => None,
+    };
+    let databases: Vec<String> = match (&alert.database, alert.kind, &alert.job_id) {
+        (Some(database), _, _) => vec![database.clone()],
+        (None, AlertKind::JobFailed, Some(job_id)) => {
+            #[derive(Deserialize)]
+            struct Dead {
+                database: String,
+            }
+            statement(db, "SELECT database FROM runs WHERE job_id = ?1 AND state = 'dead' ORDER BY database", &[text(job_id)])?
+                .all()
+                .await?
+                .results::<Dead>()?
+                .into_iter()
+                .map(|d| d.database)
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    let mut last_good = Vec::new();
+    for database in databases {
+        #[derive(Deserialize)]
+        struct Newest {
+            key: String,
+            bytes: u64,
+            rows: u64,
+            created_at: String,
+        }
+        let newest: Option<Newest> = statement(
+            db,
+            "SELECT b.key, b.bytes, b.rows, b.created_at FROM backups b LEFT JOIN runs r ON r.id = b.run_id \
+             WHERE b.database = ?1 AND b.deleted_at IS NULL AND (r.verify_state IS NULL OR r.verify_state != 'verify_failed') \
+             ORDER BY b.created_at DESC, b.key DESC LIMIT 1",
+            &[text(&database)],
+        )?
+        .first(None)
+        .await?;
+        let backup = newest.and_then(|n| {
+            let created_at = DateTime::parse_from_rfc3339(&n.created_at).ok()?.with_timezone(&Utc);
+            Some(BackupSummary { key: n.key, bytes: n.bytes, rows: n.rows, created_at })
+        });
+        last_good.push(LastGoodBackup { database, backup });
+    }
+    Ok(AlertContext { dashboard_link: config.dashboard_link(alert.job_id.as_deref()), bucket, last_good })
+}
+
+/// When each database's newest successful run finished (databases never backed up are absent).
+pub async fn last_successes(db: &D1Database) -> Result<Vec<(String, DateTime<Utc>)>> {
+    #[derive(Deserialize)]
+    struct Last {
+        database: String,
+        finished_at: Option<String>,
+    }
+    let rows: Vec<Last> = db
+        .prepare("SELECT database, max(finished_at) AS finished_at FROM runs WHERE state = 'succeeded' GROUP BY database")
+        .all()
+        .await?
+        .results()?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let t = DateTime::parse_from_rfc3339(r.finished_at.as_deref()?).ok()?.with_timezone(&Utc);
+            Some((r.database, t))
+        })
+        .collect())
+}
+
 /// The checks run at every cron: databases without a recent successful backup, and each
 /// database's newest backup against the one before it (shrinking, schema changes). Each alert
 /// is raised once (see `Alert::subject`). Returns the alerts newly recorded.
@@ -203,29 +365,10 @@ pub async fn run_cron_checks(settings: &Settings, db: &D1Database, now: DateTime
     let thresholds = settings.alerts;
     let databases: Vec<String> = settings.databases.iter().map(|d| d.name.clone()).collect();
     let databases = databases.as_slice();
-    #[derive(Deserialize)]
-    struct Last {
-        database: String,
-        finished_at: Option<String>,
-    }
-    let rows: Vec<Last> = db
-        .prepare(
-            "SELECT database, max(finished_at) AS finished_at FROM runs WHERE state = 'succeeded' GROUP BY database",
-        )
-        .all()
-        .await?
-        .results()?;
+    let successes = last_successes(db).await?;
     let last_success: Vec<(String, Option<DateTime<Utc>>)> = databases
         .iter()
-        .map(|name| {
-            let last = rows
-                .iter()
-                .find(|r| &r.database == name)
-                .and_then(|r| r.finished_at.as_deref())
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc));
-            (name.clone(), last)
-        })
+        .map(|name| (name.clone(), successes.iter().find(|(d, _)| d == name).map(|(_, t)| *t)))
         .collect();
     let mut raised = Vec::new();
     let mut candidates = stale_alerts(&last_success, now, thresholds);

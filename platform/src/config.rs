@@ -16,6 +16,13 @@ pub fn settings(env: &Env) -> worker::Result<Settings> {
                 .map_err(|e| worker::Error::RustError(format!("DATABASES var is malformed: {e}")))?,
         ),
     };
-    Settings::from_vars(|name| env.var(name).ok().map(|v| v.to_string()), databases)
-        .map_err(|e| worker::Error::RustError(format!("configuration: {e}")))
+    let settings = Settings::from_vars(|name| env.var(name).ok().map(|v| v.to_string()), databases)
+        .and_then(|settings| {
+            settings.check_bindings(|name| {
+                worker::js_sys::Reflect::get(env, &name.into()).map(|v| !v.is_undefined()).unwrap_or(false)
+            })?;
+            Ok(settings)
+        })
+        .map_err(|e| worker::Error::RustError(format!("configuration: {e}")))?;
+    Ok(settings)
 }

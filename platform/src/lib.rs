@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod archives;
 pub mod config;
 pub mod d1_source;
+pub mod digest;
 pub mod http;
 pub mod meta;
 pub mod native_streams;
@@ -32,6 +33,9 @@ pub mod bindings {
     pub const OFFSITE_QUEUE: &str = "OFFSITE_QUEUE";
     /// The scratch D1 database verifications restore into; it holds nothing else.
     pub const VERIFY_DB: &str = "VERIFY_DB";
+    /// The `send_email` binding of email alerts (named in shared, whose configuration errors
+    /// name it).
+    pub const SEND_EMAIL: &str = shared::email::SEND_EMAIL_BINDING;
 }
 
 /// The current time, from the Workers clock.

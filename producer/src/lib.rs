@@ -168,7 +168,14 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
         for alert in &raised {
             console_log!("alert {}: {}", alert.kind, alert.message);
         }
-        platform::alerts::deliver_pending(&env, &meta_db, now()).await
+        // The digest of the period before this night, once per period (a second firing finds
+        // it recorded); a failure to read it leaves the other alerts to be delivered.
+        match platform::digest::record_digest(&settings, &meta_db, requested_at, now()).await {
+            Ok(Some(digest)) => console_log!("digest recorded: {}", digest.message),
+            Ok(None) => {}
+            Err(e) => console_error!("cron {} at {requested_at}: the digest failed: {e}", event.cron()),
+        }
+        platform::alerts::deliver_pending(&env, &settings, &meta_db, now()).await
     }
     .await;
     if let Err(e) = checks {

@@ -184,8 +184,24 @@ pub(crate) async fn status(env: &Env, settings: &Settings) -> Result<Response> {
             "databases": databases,
             "verification": verification,
             "offsite": offsite,
+            "email": email_status(settings),
         }),
     )
+}
+
+/// Email alerts (`ALERT_EMAIL`): who sends and receives, and the digest. A malformed address
+/// or a missing binding never gets here: it is the producer's `bad_configuration`.
+fn email_status(settings: &Settings) -> serde_json::Value {
+    match &settings.email {
+        None => serde_json::json!({ "configured": false }),
+        Some(email) => serde_json::json!({
+            "configured": true,
+            "from": email.from,
+            "to": email.to,
+            "digest": email.digest,
+            "dashboard": email.dashboard,
+        }),
+    }
 }
 
 /// The off-site copies at a glance: where they go, how many are done, waiting or dead, the

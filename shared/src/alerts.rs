@@ -7,14 +7,124 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// What an alert is about; stored in `alerts.kind` as its snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    RunDead,
+    MessageRejected,
+    JobFailed,
+    JobSucceeded,
+    BackupStale,
+    BackupShrank,
+    SchemaChanged,
+    VerifyFailed,
+    ArchiveMemberBad,
+    ArchiveDead,
+    ReplicaDead,
+    /// The daily or weekly summary sent by email (see `crate::email::Digest`): recorded in
+    /// the alerts table so that it is sent once per period and retried like any alert.
+    Digest,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 12] = [
+        AlertKind::RunDead,
+        AlertKind::MessageRejected,
+        AlertKind::JobFailed,
+        AlertKind::JobSucceeded,
+        AlertKind::BackupStale,
+        AlertKind::BackupShrank,
+        AlertKind::SchemaChanged,
+        AlertKind::VerifyFailed,
+        AlertKind::ArchiveMemberBad,
+        AlertKind::ArchiveDead,
+        AlertKind::ReplicaDead,
+        AlertKind::Digest,
+    ];
+
+    /// The name stored in `alerts.kind` and shown in webhook bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::RunDead => "run_dead",
+            AlertKind::MessageRejected => "message_rejected",
+            AlertKind::JobFailed => "job_failed",
+            AlertKind::JobSucceeded => "job_succeeded",
+            AlertKind::BackupStale => "backup_stale",
+            AlertKind::BackupShrank => "backup_shrank",
+            AlertKind::SchemaChanged => "schema_changed",
+            AlertKind::VerifyFailed => "verify_failed",
+            AlertKind::ArchiveMemberBad => "archive_member_bad",
+            AlertKind::ArchiveDead => "archive_dead",
+            AlertKind::ReplicaDead => "replica_dead",
+            AlertKind::Digest => "digest",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<AlertKind> {
+        AlertKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// What happened, as a heading.
+    pub fn title(self) -> &'static str {
+        match self {
+            AlertKind::RunDead => "Backup failed for good",
+            AlertKind::MessageRejected => "Unreadable queue message",
+            AlertKind::JobFailed => "Backup job finished with failures",
+            AlertKind::JobSucceeded => "Backup job succeeded",
+            AlertKind::BackupStale => "No recent backup",
+            AlertKind::BackupShrank => "Backup shrank",
+            AlertKind::SchemaChanged => "Schema changed",
+            AlertKind::VerifyFailed => "Backup verification failed",
+            AlertKind::ArchiveMemberBad => "Daily left out of the weekly archive",
+            AlertKind::ArchiveDead => "Weekly archive failed",
+            AlertKind::ReplicaDead => "Off-site copy failed",
+            AlertKind::Digest => "Backup digest",
+        }
+    }
+
+    /// Good news (a success, a summary) rather than something to look into.
+    pub fn is_bad_news(self) -> bool {
+        !matches!(self, AlertKind::JobSucceeded | AlertKind::Digest)
+    }
+
+    /// Which channels carry alerts of this kind. Every alert goes to every channel, except the
+    /// digest: it is an email (a summary too long for a chat message, asked for with the email
+    /// configuration).
+    pub fn goes_to(self, channel: Channel) -> bool {
+        match (self, channel) {
+            (AlertKind::Digest, Channel::Webhooks) => false,
+            _ => true,
+        }
+    }
+}
+
+impl std::fmt::Display for AlertKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where alerts are delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// The URLs in `WEBHOOK_URL`.
+    Webhooks,
+    /// The recipients of `ALERT_EMAIL`, through the `send_email` binding.
+    Email,
+}
+
+/// The kinds that at least one of `channels` delivers: the alerts a Worker with those channels
+/// picks up (one with none delivers nothing and leaves every alert for a Worker that can).
+pub fn deliverable_kinds(channels: &[Channel]) -> Vec<AlertKind> {
+    AlertKind::ALL.into_iter().filter(|k| channels.iter().any(|c| k.goes_to(*c))).collect()
+}
+
 /// An alert to record (and deliver).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Alert {
-    /// `run_dead`, `message_rejected`, `job_failed`, `job_succeeded`, `backup_stale`,
-    /// `backup_shrank`, `schema_changed`, `verify_failed`, `archive_member_bad`, `archive_dead`,
-    /// `replica_dead`.
-    pub kind: String,
+    pub kind: AlertKind,
     pub database: Option<String>,
     pub job_id: Option<String>,
     pub message: String,
@@ -71,7 +181,7 @@ pub fn parse_webhooks(value: &str) -> Result<Vec<Webhook>, String> {
         .collect()
 }
 
-fn truncate(text: &str, max_chars: usize) -> String {
+pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
     if text.chars().count() <= max_chars {
         return text.to_owned();
     }
@@ -80,29 +190,13 @@ fn truncate(text: &str, max_chars: usize) -> String {
     out
 }
 
-fn title(alert: &Alert) -> String {
-    let what = match alert.kind.as_str() {
-        "run_dead" => "Backup failed for good",
-        "message_rejected" => "Unreadable queue message",
-        "job_failed" => "Backup job finished with failures",
-        "job_succeeded" => "Backup job succeeded",
-        "backup_stale" => "No recent backup",
-        "backup_shrank" => "Backup shrank",
-        "schema_changed" => "Schema changed",
-        "verify_failed" => "Backup verification failed",
-        "archive_member_bad" => "Daily left out of the weekly archive",
-        "archive_dead" => "Weekly archive failed",
-        "replica_dead" => "Off-site copy failed",
-        other => other,
-    };
+/// The alert's heading: what happened, and to which database.
+pub fn title(alert: &Alert) -> String {
+    let what = alert.kind.title();
     match &alert.database {
         Some(db) => format!("{what}: {db}"),
         None => what.to_owned(),
     }
-}
-
-fn is_bad_news(kind: &str) -> bool {
-    kind != "job_succeeded"
 }
 
 /// The body to POST to `format`'s webhook, within each service's limits (Discord: content
@@ -126,7 +220,7 @@ pub fn webhook_body(alert: &Alert, format: WebhookFormat, source: &str, at: Date
                 "embeds": [{
                     "title": truncate(&title, 256),
                     "description": truncate(&alert.message, 4096),
-                    "color": if is_bad_news(&alert.kind) { 0xd93f0b } else { 0x2da44e },
+                    "color": if alert.kind.is_bad_news() { 0xd93f0b } else { 0x2da44e },
                     "fields": fields,
                     "timestamp": at.to_rfc3339(),
                     "footer": { "text": truncate(&format!("{source} · {}", alert.kind), 2048) },
@@ -232,7 +326,7 @@ pub fn stale_alerts(
                 None => format!("{db} has never been backed up successfully."),
             };
             Alert {
-                kind: "backup_stale".into(),
+                kind: AlertKind::BackupStale,
                 database: Some(db.clone()),
                 job_id: None,
                 message,
@@ -267,7 +361,7 @@ pub fn comparison_alerts(database: &str, previous: &BackupFacts, newest: &Backup
     let (bytes_drop, rows_drop) = (shrink(previous.bytes, newest.bytes), shrink(previous.rows, newest.rows));
     if bytes_drop > thresholds.shrink_percent || rows_drop > thresholds.shrink_percent {
         alerts.push(Alert {
-            kind: "backup_shrank".into(),
+            kind: AlertKind::BackupShrank,
             database: Some(database.to_owned()),
             job_id: None,
             message: format!(
@@ -292,7 +386,7 @@ pub fn comparison_alerts(database: &str, previous: &BackupFacts, newest: &Backup
                 }
             }
             alerts.push(Alert {
-                kind: "schema_changed".into(),
+                kind: AlertKind::SchemaChanged,
                 database: Some(database.to_owned()),
                 job_id: None,
                 message: format!("{database}'s schema changed since the previous backup: {}.", parts.join("; ")),
@@ -353,6 +447,34 @@ mod tests {
     }
 
     #[test]
+    fn every_alert_goes_to_email_and_the_digest_only_there() {
+        for kind in AlertKind::ALL {
+            assert!(kind.goes_to(Channel::Email), "{kind}");
+            assert_eq!(kind.goes_to(Channel::Webhooks), kind != AlertKind::Digest, "{kind}");
+            assert_eq!(AlertKind::parse(kind.as_str()), Some(kind));
+            // Stored and serialized under the same name.
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+        assert_eq!(AlertKind::parse("digest "), None);
+        let webhooks_only = deliverable_kinds(&[Channel::Webhooks]);
+        assert_eq!(webhooks_only.len(), AlertKind::ALL.len() - 1);
+        assert!(!webhooks_only.contains(&AlertKind::Digest));
+        assert_eq!(deliverable_kinds(&[Channel::Email]), AlertKind::ALL);
+        assert_eq!(deliverable_kinds(&[Channel::Webhooks, Channel::Email]), AlertKind::ALL);
+        assert!(deliverable_kinds(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_newest_alerts_table_allows_every_kind_and_no_other() {
+        // The CHECK constraint of the latest rebuild of the alerts table, and the enum, agree.
+        let migration = include_str!("../../migrations/0011_email_alerts.sql");
+        let check = migration.split("kind IN (").nth(1).unwrap().split(')').next().unwrap();
+        let allowed: Vec<&str> = check.split(',').map(|k| k.trim().trim_matches('\'')).collect();
+        let kinds: Vec<&str> = AlertKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(allowed, kinds);
+    }
+
+    #[test]
     fn webhooks_parse_with_prefixes_and_hosts() {
         let hooks = parse_webhooks(
             "https://discord.com/api/webhooks/1/x  https://hooks.slack.com/services/T/B/x\n\
@@ -370,7 +492,7 @@ mod tests {
     #[test]
     fn discord_limits_are_respected_on_character_boundaries() {
         let alert = Alert {
-            kind: "run_dead".into(),
+            kind: AlertKind::RunDead,
             database: Some("é".repeat(2000)),
             job_id: None,
             message: "ü".repeat(5000),

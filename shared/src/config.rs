@@ -368,6 +368,9 @@ pub struct Settings {
     /// `OFFSITE` (with the secrets `OFFSITE_ACCESS_KEY_ID` and `OFFSITE_SECRET_ACCESS_KEY`):
     /// where every finished backup and weekly archive is copied off-site; `None`: nowhere.
     pub offsite: Option<crate::offsite::OffsiteConfig>,
+    /// `ALERT_EMAIL`: alerts (and the digest) by email through the `send_email` binding;
+    /// `None`: no email.
+    pub email: Option<crate::email::EmailConfig>,
     /// `OFFSITE_MAX_ATTEMPTS`: failed attempts of one step of an off-site copy before it is dead.
     pub offsite_max_attempts: u32,
     /// `AGE_IDENTITY` (a secret, the consumer's only): the age secret key that lets
@@ -415,12 +418,22 @@ impl Settings {
             lease_margin_seconds: read_count(&get, "LEASE_MARGIN_SECONDS", Self::DEFAULT_LEASE_MARGIN_SECONDS, 3_600)?,
             environment: get("ENVIRONMENT"),
             offsite: crate::offsite::OffsiteConfig::from_vars(&get)?,
+            email: crate::email::EmailConfig::from_vars(&get)?,
             offsite_max_attempts: read_count(&get, "OFFSITE_MAX_ATTEMPTS", Self::DEFAULT_OFFSITE_MAX_ATTEMPTS, 100)?,
             age_identity: match get("AGE_IDENTITY") {
                 None => None,
                 Some(text) => Some(Identity::parse(&text).map_err(|e| ConfigError(format!("AGE_IDENTITY: {e}")))?),
             },
         })
+    }
+
+    /// Checks that the bindings the settings need are there (`has_binding` answers for a
+    /// binding's name): email needs its `send_email` binding.
+    pub fn check_bindings(&self, has_binding: impl Fn(&str) -> bool) -> Result<(), ConfigError> {
+        match &self.email {
+            Some(email) => email.check_binding(has_binding(crate::email::SEND_EMAIL_BINDING)),
+            None => Ok(()),
+        }
     }
 
     /// The configured database named `name`.
@@ -475,7 +488,13 @@ mod tests {
         let policy = set.task_policy(crate::task::TaskKind::Backup);
         assert_eq!((policy.max_attempts, policy.step_seconds), (6, 30));
         assert_eq!(set.task_policy(crate::task::TaskKind::Archive).max_attempts, ArchiveLimits::DEFAULT.max_attempts);
-        for bad in [("ALERT_ON_SUCCESS", "yes"), ("BACKUP_MAX_ATTEMPTS", "0"), ("SWEEP_GRACE_SECONDS", "soon"), ("RETRY_MAX_SECONDS", "x")] {
+        // Email needs its binding; without ALERT_EMAIL no binding is asked for.
+        assert_eq!(defaults.check_bindings(|_| false), Ok(()));
+        let email = Settings::from_vars(vars(&[("ALERT_EMAIL", r#"{"from": "b@example.com", "to": "o@example.com"}"#)]), None).unwrap();
+        assert!(email.check_bindings(|_| false).unwrap_err().0.contains("SEND_EMAIL"));
+        assert_eq!(email.check_bindings(|name| name == "SEND_EMAIL"), Ok(()));
+        for bad in [("ALERT_ON_SUCCESS", "yes"), ("BACKUP_MAX_ATTEMPTS", "0"), ("SWEEP_GRACE_SECONDS", "soon"), ("RETRY_MAX_SECONDS", "x"),
+                    ("ALERT_EMAIL", r#"{"from": "b@example", "to": "o@example.com"}"#)] {
             let err = Settings::from_vars(|n| (n == bad.0).then(|| bad.1.to_string()), None).unwrap_err();
             assert!(err.0.contains(bad.0), "{err}");
         }

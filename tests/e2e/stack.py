@@ -52,7 +52,8 @@ class Stack:
                  extra_databases: int = 0, environment: str = "local",
                  databases: list[str] | None = None, archiver_vars: dict[str, str] | None = None,
                  all_vars: dict[str, str] | None = None, verify: bool = True,
-                 scratch_database: str | None = None, database_entries: dict[str, str] | None = None):
+                 scratch_database: str | None = None, database_entries: dict[str, str] | None = None,
+                 send_email: dict | None = None):
         self.state_dir = state_dir
         # Vars overriding the consumer's (such as EXPORT_MAX_QUERIES), and extra empty source
         # databases (fan01, fan02, ...), through copies of the Worker configs written beside
@@ -77,6 +78,10 @@ class Stack:
         # `[vars.DATABASES]` entries replaced in both the producer's and the consumer's config,
         # such as {"chinook": '{ binding = "DB_CHINOOK", recipients = ["age1..."] }'}.
         self.database_entries = database_entries or {}
+        # The send_email binding (SEND_EMAIL) of email alerts, added to all three Workers: its
+        # options, such as {"allowed_destination_addresses": [...]} (miniflare refuses the
+        # others); None: no binding.
+        self.send_email = send_email
         self.generated_configs: list[Path] = []
         # The consumer's config copy, when one is written: it binds the extra databases.
         self.consumer_config: str | None = None
@@ -124,14 +129,15 @@ class Stack:
             f'\n[[d1_databases]]\nbinding = "DB_{name.upper()}"\ndatabase_name = "{name}"\n'
             f'database_id = "00000000-0000-4000-8000-000000000{200 + i:03d}"\n'
             for i, name in enumerate(fan, start=1))
+        email = self.send_email_binding()
         env = {}
-        if fan or self.databases is not None or self.all_vars or self.database_entries:
+        if fan or self.databases is not None or self.all_vars or self.database_entries or email:
             producer = override_vars(self.only_databases((ROOT / "wrangler.toml").read_text()), self.all_vars)
             producer = self.replace_entries(producer)
             producer = producer.replace("[vars.DATABASES]\n", "[vars.DATABASES]\n" + entries, 1)
-            env["PRODUCER_CONFIG"] = self.write_copy("wrangler.toml", producer + fan_bindings)
+            env["PRODUCER_CONFIG"] = self.write_copy("wrangler.toml", producer + fan_bindings + email)
         if fan or self.consumer_vars or self.databases is not None or self.all_vars or not self.verify \
-                or self.scratch_database or self.database_entries:
+                or self.scratch_database or self.database_entries or email:
             consumer = self.replace_entries(self.only_databases((ROOT / "consumer/wrangler.toml").read_text()))
             if self.scratch_database:
                 ids = d1_database_ids(ROOT / "consumer/wrangler.toml")
@@ -143,12 +149,26 @@ class Stack:
                 assert dropped == 1, "consumer/wrangler.toml binds VERIFY_DB in one block"
             consumer = override_vars(consumer, {**self.all_vars, **self.consumer_vars})
             consumer = consumer.replace("[vars.DATABASES]\n", "[vars.DATABASES]\n" + entries, 1)
-            consumer += fan_bindings
+            consumer += fan_bindings + email
             env["CONSUMER_CONFIG"] = self.consumer_config = self.write_copy("consumer/wrangler.toml", consumer)
-        if self.archiver_vars or self.all_vars:
+        if self.archiver_vars or self.all_vars or email:
             archiver = override_vars((ROOT / "archiver/wrangler.toml").read_text(), {**self.all_vars, **self.archiver_vars})
-            env["ARCHIVER_CONFIG"] = self.write_copy("archiver/wrangler.toml", archiver)
+            env["ARCHIVER_CONFIG"] = self.write_copy("archiver/wrangler.toml", archiver + email)
         return env
+
+    def send_email_binding(self) -> str:
+        """The `[[send_email]]` block of `self.send_email`, or nothing."""
+        if self.send_email is None:
+            return ""
+        options = "".join(f"{name} = {json.dumps(value)}\n" for name, value in self.send_email.items())
+        return f'\n[[send_email]]\nname = "SEND_EMAIL"\n{options}'
+
+    def sent_emails(self) -> list[bytes]:
+        """The raw messages the local send_email binding was given, oldest first: wrangler dev
+        logs `Email: <path>` for each, a file miniflare writes the message to (after the send
+        returns, so a path may be logged a moment after the alert is recorded as sent)."""
+        paths = re.findall(r"^Email: (\S+\.eml)$", self.log_path.read_text(errors="replace"), flags=re.M)
+        return [Path(p).read_bytes() for p in paths]
 
     def replace_entries(self, config: str) -> str:
         """`config` with the `[vars.DATABASES]` entries of `self.database_entries` replaced, or
