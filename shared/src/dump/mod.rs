@@ -28,7 +28,7 @@ use crate::sha256::ResumableSha256;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use sql::{
-    comment_safe, ident, literal_expr, outside_exact_print_range, printed_real, real_literal, scaled_real_expr,
+    comment_safe, control_text_literal, ident, literal_expr, outside_exact_print_range, printed_real, real_literal, scaled_real_expr,
     unscale_real,
 };
 use std::fmt;
@@ -523,13 +523,16 @@ async fn read_page<S: SqlSource, C: Clock>(
     let mut page = meter.query(&page_query(table, &literals, after, limit)).await?;
 
     // REALs arrive as SQLite's printf digits. Where those are exact they are rewritten as
-    // exact literals here; the others are read again, scaled into the exact range.
+    // exact literals here; the others are read again, scaled into the exact range. TEXT with
+    // control characters is rewritten as hex (see `sql::literal_expr`).
     let mut rescale = std::collections::BTreeSet::new();
     let printed_keys: Vec<Vec<Option<String>>> =
         page.iter().map(|row| row[..table.key_len()].to_vec()).collect();
     for row in page.iter_mut() {
         for (j, cell) in row.iter_mut().enumerate() {
-            if let Some(x) = cell.as_deref().and_then(printed_real) {
+            if let Some(hex) = cell.as_deref().and_then(control_text_literal) {
+                *cell = Some(hex);
+            } else if let Some(x) = cell.as_deref().and_then(printed_real) {
                 if outside_exact_print_range(x) {
                     rescale.insert(j);
                 } else {
