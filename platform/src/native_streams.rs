@@ -10,7 +10,7 @@ use shared::ports::PortError;
 use wasm_bindgen::prelude::*;
 use worker::js_sys::Uint8Array;
 use worker::wasm_bindgen_futures::JsFuture;
-use worker::web_sys::{ReadableStream, ReadableWritablePair, Response, WritableStream};
+use worker::web_sys::{ReadableStream, ReadableWritablePair, Response, WritableStream, WritableStreamDefaultWriter};
 
 #[wasm_bindgen]
 extern "C" {
@@ -58,4 +58,39 @@ pub async fn sha256_of_stream(body: &ReadableStream) -> Result<String, PortError
     JsFuture::from(body.pipe_to(digest.unchecked_ref::<WritableStream>())).await.map_err(|e| js_error("hashing", e))?;
     let raw = JsFuture::from(digest.digest()).await.map_err(|e| js_error("the digest", e))?;
     Ok(shared::sha256::hex(&Uint8Array::new(&raw).to_vec()))
+}
+
+/// A SHA-256 fed piece by piece from bytes already in JavaScript, by `crypto.DigestStream`.
+pub struct NativeSha256 {
+    digest: DigestStream,
+    writer: WritableStreamDefaultWriter,
+}
+
+impl NativeSha256 {
+    pub fn new() -> Result<NativeSha256, PortError> {
+        let digest = DigestStream::new("SHA-256").map_err(|e| js_error("DigestStream", e))?;
+        let writer = digest.unchecked_ref::<WritableStream>().get_writer().map_err(|e| js_error("getWriter", e))?;
+        Ok(NativeSha256 { digest, writer })
+    }
+
+    pub async fn update(&self, bytes: &Uint8Array) -> Result<(), PortError> {
+        JsFuture::from(self.writer.write_with_chunk(bytes)).await.map_err(|e| js_error("hashing", e))?;
+        Ok(())
+    }
+
+    /// The digest as lowercase hex.
+    pub async fn finish(self) -> Result<String, PortError> {
+        JsFuture::from(self.writer.close()).await.map_err(|e| js_error("closing the digest", e))?;
+        let raw = JsFuture::from(self.digest.digest()).await.map_err(|e| js_error("the digest", e))?;
+        Ok(shared::sha256::hex(&Uint8Array::new(&raw).to_vec()))
+    }
+}
+
+/// Everything `body` holds, as bytes in JavaScript.
+pub async fn collect(body: &ReadableStream) -> Result<Uint8Array, PortError> {
+    let response = Response::new_with_opt_readable_stream(Some(body)).map_err(|e| js_error("reading", e))?;
+    let buffer = JsFuture::from(response.array_buffer().map_err(|e| js_error("arrayBuffer", e))?)
+        .await
+        .map_err(|e| js_error("reading", e))?;
+    Ok(Uint8Array::new(&buffer))
 }

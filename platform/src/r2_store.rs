@@ -2,11 +2,14 @@
 
 use shared::ports::{ObjectInfo, ObjectStore, PortError, UploadedPart};
 use std::collections::HashMap;
+use crate::native_streams::{self, NativeSha256};
 use worker::{Bucket, HttpMetadata, Range, ResponseBody};
 
 pub struct R2Store {
     bucket: Bucket,
     operations: R2Operations,
+    /// The key whose ranged reads are hashed natively as they pass (see `digest_reads`).
+    read_hash: Option<(String, NativeSha256)>,
 }
 
 /// R2 operations made through one store, by the classes R2 bills: A (writes, lists, multipart
@@ -20,7 +23,7 @@ pub struct R2Operations {
 
 impl R2Store {
     pub fn new(bucket: Bucket) -> R2Store {
-        R2Store { bucket, operations: R2Operations::default() }
+        R2Store { bucket, operations: R2Operations::default(), read_hash: None }
     }
 
     pub fn operations(&self) -> R2Operations {
@@ -85,7 +88,25 @@ fn sha256_bytes(hex: &str) -> Option<Vec<u8>> {
 
 impl ObjectStore for R2Store {
     async fn gzip_member(&mut self, plain: &[u8]) -> Result<Vec<u8>, PortError> {
-        crate::native_streams::gzip_member(plain).await
+        native_streams::gzip_member(plain).await
+    }
+
+    fn digest_reads(&mut self, key: &str) -> bool {
+        match NativeSha256::new() {
+            Ok(hash) => {
+                self.read_hash = Some((key.to_owned(), hash));
+                true
+            }
+            Err(e) => {
+                worker::console_error!("hashing natively is unavailable ({e}); hashing in WebAssembly");
+                false
+            }
+        }
+    }
+
+    async fn read_digest(&mut self) -> Result<String, PortError> {
+        let (_, hash) = self.read_hash.take().ok_or_else(|| PortError::unavailable("no reads are being hashed".to_owned()))?;
+        hash.finish().await
     }
 
     async fn sha256(&mut self, key: &str) -> Result<Option<(u64, String)>, PortError> {
@@ -95,7 +116,7 @@ impl ObjectStore for R2Store {
         };
         let size = object.size();
         let digest = match object.body().map(|body| body.response_body()) {
-            Some(Ok(ResponseBody::Stream(stream))) => crate::native_streams::sha256_of_stream(&stream).await?,
+            Some(Ok(ResponseBody::Stream(stream))) => native_streams::sha256_of_stream(&stream).await?,
             Some(Ok(ResponseBody::Body(bytes))) => shared::sha256::sha256_hex(&bytes),
             Some(Ok(ResponseBody::Empty)) | None if size == 0 => shared::sha256::sha256_hex(&[]),
             Some(Ok(ResponseBody::Empty)) | None => return Err(PortError::unavailable(format!("{key}: R2 returned no body"))),
@@ -140,9 +161,18 @@ impl ObjectStore for R2Store {
             .execute()
             .await
             .map_err(|e| r2_error("ranged get", key, e))?;
-        match object.as_ref().and_then(|o| o.body()) {
-            Some(body) => Ok(Some(body.bytes().await.map_err(|e| r2_error("reading", key, e))?)),
-            None => Ok(None),
+        let Some(body) = object.as_ref().and_then(|o| o.body()) else { return Ok(None) };
+        match &self.read_hash {
+            Some((hashed, hash)) if hashed == key => {
+                let ResponseBody::Stream(stream) = body.response_body().map_err(|e| r2_error("reading", key, e))? else {
+                    return Err(PortError::unavailable(format!("R2 returned no stream for {key}")));
+                };
+                let bytes = native_streams::collect(&stream).await?;
+                let copy = bytes.to_vec();
+                hash.update(&bytes).await?;
+                Ok(Some(copy))
+            }
+            _ => Ok(Some(body.bytes().await.map_err(|e| r2_error("reading", key, e))?)),
         }
     }
 

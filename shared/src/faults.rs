@@ -136,6 +136,14 @@ impl<O: ObjectStore> ObjectStore for FaultyStore<O> {
         self.inner.gzip_member(plain).await
     }
 
+    fn digest_reads(&mut self, key: &str) -> bool {
+        self.inner.digest_reads(key)
+    }
+
+    async fn read_digest(&mut self) -> Result<String, PortError> {
+        self.inner.read_digest().await
+    }
+
     async fn sha256(&mut self, key: &str) -> Result<Option<(u64, String)>, PortError> {
         self.inner.sha256(key).await
     }

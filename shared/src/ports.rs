@@ -154,6 +154,21 @@ pub trait ObjectStore {
         Ok(Some((size, hash.hex_digest())))
     }
 
+    /// Starts hashing (SHA-256), natively, what the next `get_range` calls read of `key`, which
+    /// must read it in order from its start; `false` when the store cannot, and the caller
+    /// hashes what it reads itself. A Worker's store feeds the bytes it already holds in
+    /// JavaScript to `crypto.DigestStream`: hashing in WebAssembly was a third of a weekly
+    /// archive's time. The state of a native hash cannot be saved, so it only serves reads that
+    /// end within one step.
+    fn digest_reads(&mut self, _key: &str) -> bool {
+        false
+    }
+
+    /// Ends what [`Self::digest_reads`] started: the SHA-256 (lowercase hex) of what was read.
+    async fn read_digest(&mut self) -> Result<String, PortError> {
+        Err(PortError::unavailable("this store hashes no reads".to_owned()))
+    }
+
     /// `plain` as one whole gzip member (RFC 1952) at level 6, like `gzip -6`. Objects are
     /// compressed on their way into the store, a member at a time: this default runs flate2 (the
     /// native tests); a Worker's store hands it to the runtime's native `CompressionStream`,

@@ -179,7 +179,15 @@ fn a_large_week_streams_over_many_steps_into_one_multipart_archive() {
 
 #[test]
 fn a_daily_that_fails_its_check_is_left_out_and_reported() {
-    let mut store = MemoryStore::default();
+    // Hashed by the archive as it copies, and by a store that hashes what it reads (a Worker's,
+    // natively).
+    for hashes_reads in [false, true] {
+        a_daily_that_fails_its_check_is_left_out(hashes_reads);
+    }
+}
+
+fn a_daily_that_fails_its_check_is_left_out(hashes_reads: bool) {
+    let mut store = MemoryStore { hashes_reads, ..MemoryStore::default() };
     let plan = week_with_dailies(&mut store, &[200_000, 300_000, 100, 50_000], 64 * 1024);
     // One daily's bytes changed after its SHA-256 was recorded, one is gone, one has another size.
     let corrupt = plan.members[2].source_key.clone();

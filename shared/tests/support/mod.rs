@@ -134,6 +134,10 @@ pub struct MemoryStore {
     /// Flip a bit of the object stored at this key (by a put or a completed upload), as a
     /// store that damaged it would.
     pub damage_on_store: Option<String>,
+    /// Hash reads for the caller, as a Worker's store does natively (`digest_reads`).
+    pub hashes_reads: bool,
+    /// The key whose reads are being hashed, and the hash so far.
+    pub read_hash: Option<(String, shared::sha256::ResumableSha256)>,
 }
 
 pub struct Upload {
@@ -188,6 +192,12 @@ impl ObjectStore for MemoryStore {
             Some((bytes, _)) => {
                 let start = offset as usize;
                 let end = start.saturating_add(length as usize).min(bytes.len());
+                if let Some((hashed, hash)) = &mut self.read_hash {
+                    if hashed == key {
+                        assert_eq!(hash.len(), offset, "hashed reads must follow each other");
+                        hash.update(&bytes[start..end]);
+                    }
+                }
                 Ok(Some(bytes[start..end].to_vec()))
             }
             None => Ok(None),
@@ -246,6 +256,18 @@ impl ObjectStore for MemoryStore {
         self.call("abort_multipart")?;
         self.uploads.remove(upload_id);
         Ok(())
+    }
+
+    fn digest_reads(&mut self, key: &str) -> bool {
+        if self.hashes_reads {
+            self.read_hash = Some((key.to_owned(), shared::sha256::ResumableSha256::new()));
+        }
+        self.hashes_reads
+    }
+
+    async fn read_digest(&mut self) -> Result<String, PortError> {
+        let (_, hash) = self.read_hash.take().expect("read_digest after digest_reads");
+        Ok(hash.hex_digest())
     }
 }
 
