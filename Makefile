@@ -56,7 +56,7 @@ bench: build .venv/.installed
 	@# About 1 GB: 3 million narrow rows and 100,000 wide ones (2-5 KB of TEXT and of BLOB each).
 	@# wrangler's restore holds the whole dump in memory (1.5 GiB for 73 MB): only sqlite3 restores.
 	BENCH_NAME=large BENCH_ROWS=3000000 BENCH_WIDE_ROWS=100000 BENCH_RESTORE_TOOLS=sqlite3 BENCH_ENCRYPTED=0 \
-	  BENCH_MAX_PEER_RSS_MIB=12000 BENCH_EXPORT_TIMEOUT=1200 .venv/bin/python bench/run.py
+	  BENCH_VERIFY_MAX_MB=4096 BENCH_MAX_PEER_RSS_MIB=12000 BENCH_EXPORT_TIMEOUT=1200 .venv/bin/python bench/run.py
 	.venv/bin/python bench/archive.py
 	.venv/bin/python bench/fanout.py
 

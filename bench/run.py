@@ -17,6 +17,7 @@ goes to target/bench/: results.md, results.json, the dumps, the logs and the loc
     BENCH_RESTORE_TOOLS=d1,sqlite3  which restores to run (`d1`: wrangler d1 execute --file)
     BENCH_MAX_PEER_RSS_MIB=16000    wrangler d1 export is stopped past this memory
     BENCH_ENCRYPTED=1           0 skips the encrypted exports
+    BENCH_VERIFY_MAX_MB=        the consumer's VERIFY_MAX_MB, for dumps over its default 1024
     BENCH_ENCRYPTION_ROUNDS=2   more plain/encrypted export pairs, to compare them
 
 Exits 1 when a measured tool fails, a restore lacks rows, or our dump is not what the run says.
@@ -70,6 +71,8 @@ ROWS = int(os.environ.get("BENCH_ROWS", "500000"))
 WIDE_ROWS = int(os.environ.get("BENCH_WIDE_ROWS", "0"))
 TOTAL_ROWS = ROWS + WIDE_ROWS
 NAME = os.environ.get("BENCH_NAME", "results")
+# The consumer verifies dumps up to VERIFY_MAX_MB (1024 by default): the large run raises it.
+VERIFY_VARS = {"VERIFY_MAX_MB": os.environ["BENCH_VERIFY_MAX_MB"]} if os.environ.get("BENCH_VERIFY_MAX_MB") else {}
 # Which restores to run: wrangler's (`d1`) holds the whole file in memory (1.5 GiB for 73 MB).
 RESTORE_TOOLS = os.environ.get("BENCH_RESTORE_TOOLS", "d1,sqlite3").split(",")
 # `wrangler d1 export` is stopped past this RSS (it holds the whole database in memory).
@@ -876,7 +879,7 @@ def main() -> int:
     secret = next(l for l in key_file.read_text().splitlines() if l.startswith("AGE-SECRET-KEY-1"))
     stack = Stack(STATE, port=bench_port(), extra_databases=1, environment="production",
                   database_entries={SEALED_NAME: f'{{ binding = "{DB_BINDING}", recipients = ["{recipient}"] }}'},
-                  consumer_vars={"AGE_IDENTITY": secret})
+                  consumer_vars={"AGE_IDENTITY": secret, **VERIFY_VARS})
     atexit.register(stack.stop)
     log(f"starting the stack on port {stack.port}")
     stack.start(timeout=180)
