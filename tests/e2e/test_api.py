@@ -24,13 +24,14 @@ def settled(item: dict) -> dict:
 
 
 def test_list_pages_through_the_inventory_newest_first(roomy_stack):
+    """Newest first by creation time (tests/e2e/test_downloads.py shows it is not the date's order)."""
     backup(roomy_stack, ["demo", "hostile"])
     backup(roomy_stack, ["demo"])
     everything = roomy_stack.admin("GET", "/list?limit=1000").json()
     assert everything["nextCursor"] is None
     items = everything["items"]
     assert len(items) >= 3
-    order = [(i["date"], i["key"]) for i in items]
+    order = [(i["createdAt"], i["key"]) for i in items]
     assert order == sorted(order, reverse=True)
     # Two at a time, the same items in the same order.
     paged, cursor = [], None

@@ -16,7 +16,8 @@ NO_SUCH_ID = "00000000-0000-4000-8000-000000000000"
 READS = ["/status", "/jobs", f"/jobs/{NO_SUCH_ID}", "/list", "/dead-letters",
          "/metrics", "/openapi.json", "/restore-guide/demo", "/operations", f"/operations/{NO_SUCH_ID}"]
 # The data itself: the admin token only.
-DOWNLOADS = ["/download/2026-01-01/demo", "/download/weekly/2026-W01"]
+DOWNLOADS = ["/download/2026-01-01/demo", "/download/weekly/2026-W01", "/download?key=daily/2026-01-01/demo.sql.gz",
+             f"/runs/{NO_SUCH_ID}/download"]
 WRITES = [("POST", "/trigger"), ("POST", "/cleanup"), ("POST", "/archive"),
           ("POST", f"/runs/{NO_SUCH_ID}/retry"), ("POST", f"/runs/{NO_SUCH_ID}/verify"),
           ("POST", "/restore")]
