@@ -23,7 +23,15 @@ WORKER_SOURCES := $(shell find shared/src platform/src producer/src consumer/src
                   Cargo.toml Cargo.lock shared/Cargo.toml platform/Cargo.toml
 SHIMS := $(foreach w,$(WORKERS),$(w)/build/worker/shim.mjs)
 
-.PHONY: dev test setup build tools unit e2e bench clean check-config
+# `make deploy`: deploy.toml (copy deploy.example.toml) to the Cloudflare account wrangler is
+# logged in to (or CLOUDFLARE_API_TOKEN's); `make deploy DRY_RUN=1`: only generate, bundle and
+# check, offline, from deploy.example.toml unless DEPLOY_FILE says otherwise. FORCE=1 deploys
+# unchanged Workers again. See README, Deploying to Cloudflare.
+DRY_RUN     ?=
+FORCE       ?=
+DEPLOY_FILE ?= $(if $(DRY_RUN),deploy.example.toml,deploy.toml)
+
+.PHONY: dev test setup build tools unit e2e bench clean check-config deploy deploy-dry-run
 
 dev: build
 	scripts/local-stack.sh prepare "$(STATE_DIR)"
@@ -35,7 +43,8 @@ dev: build
 	@echo
 	STACK_READ_TOKEN="$(READ_TOKEN)" scripts/local-stack.sh run "$(PORT)" "$(STATE_DIR)" "$(ADMIN_TOKEN)"
 
-test: build unit e2e
+# The dry-run deploy before the end-to-end suite: it takes seconds and needs no account.
+test: build unit deploy-dry-run e2e
 
 # Every workspace crate that has tests (today only `shared`: the Worker crates are thin wiring,
 # tested end to end). Found by looking, so a crate that gains tests is run without editing this.
@@ -63,6 +72,13 @@ bench: build .venv/.installed
 setup: tools node_modules/.installed .venv/.installed
 
 build: setup check-config $(SHIMS)
+
+deploy: build
+	python3 scripts/deploy.py --file "$(DEPLOY_FILE)" $(if $(DRY_RUN),--dry-run) $(if $(FORCE),--force)
+
+# What `make test` runs: `make deploy DRY_RUN=1` from the example file.
+deploy-dry-run: build
+	python3 scripts/deploy.py --file deploy.example.toml --dry-run
 
 # The configs' data-destroying mistakes (VERIFY_DB bound to META or a source), before anything runs.
 check-config:

@@ -43,6 +43,12 @@ KEY = {"type": "string", "pattern": r"^(daily/\d{4}-\d{2}-\d{2}|manual/\d{4}-\d{
 # archives, and for dumps older than verification).
 VERIFY_STATE = {"enum": ["pending", "verifying", "verified", "verify_failed", "skipped", None]}
 
+# A stored object streamed as it is: a dump (.sql, .sql.gz, encrypted .age) or a weekly archive.
+DOWNLOAD = {"description": "the object's bytes, with Content-Disposition", "headers": {"X-Backup-SHA256": {"schema": {"type": "string"}}},
+            "content": {"application/sql": {"schema": {"type": "string", "format": "binary"}},
+                        "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+
 run = {
     "type": "object",
     "required": ["id", "database", "state", "attempts", "r2Key", "queuedAt", "step", "history"],
@@ -228,7 +234,7 @@ paths = {
                            "parameters": [p("id", UUID, "job id")],
                            "responses": {**ok("the job", {"oneOf": [{"$ref": "#/components/schemas/Job"}, {"$ref": "#/components/schemas/ArchiveJob"}]}),
                                          "400": err("not a UUID"), "404": err("no such job"), **READ_ERRORS}}},
-    "/list": {"get": {"summary": "The inventory, newest first, by keyset pages",
+    "/list": {"get": {"summary": "The inventory, newest first (by creation time), by keyset pages",
                       "parameters": [q("database", DB, "only this database"), q("date", DATE, "only this date (weekly: its week)"),
                                      q("kind", {"enum": ["daily", "manual", "weekly"]}, "only this kind"),
                                      q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "items per page (100)"),
@@ -243,6 +249,16 @@ paths = {
                                                                   "content": {"application/sql": {"schema": {"type": "string", "format": "binary"}},
                                                                               "application/gzip": {"schema": {"type": "string", "format": "binary"}}}},
                                                           "400": err("bad date"), "404": err("unknown database or no backup"), **READ_ERRORS}}},
+    "/download": {"get": {"summary": "Any backup (nightly or manual) or weekly archive, by its key from GET /list, streamed",
+                          "parameters": [q("key", {"type": "string"}, "a key from GET /list: daily/..., manual/... or weekly/...", required=True)],
+                          "responses": {"200": DOWNLOAD,
+                                        "400": err("no key, another parameter, or not the shape of an inventory key"),
+                                        "404": err("no such backup or archive, or it was deleted"), **READ_ERRORS}}},
+    "/runs/{id}/download": {"get": {"summary": "The backup a run wrote (nightly or manual), streamed",
+                                    "parameters": [p("id", UUID, "run id")],
+                                    "responses": {"200": DOWNLOAD, "400": err("run id not a UUID"),
+                                                  "404": err("no such run, or its backup was deleted"),
+                                                  "409": err("the run has not succeeded: no backup"), **READ_ERRORS}}},
     "/download/weekly/{week}": {"get": {"summary": "A weekly archive, streamed",
                                         "parameters": [p("week", WEEK, "ISO week")],
                                         "responses": {"200": {"description": "tar.gz", "headers": {"X-Backup-SHA256": {"schema": {"type": "string"}}},

@@ -167,6 +167,20 @@ pub async fn daily_backup(db: &D1Database, database: &str, date: chrono::NaiveDa
     Ok(row.map(|r| (r.key, r.sha256)))
 }
 
+/// A backup object as the inventory records it, deleted or not: what a download by key or by
+/// run needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RecordedBackup {
+    pub sha256: String,
+    pub deleted_at: Option<String>,
+    pub delete_reason: Option<String>,
+}
+
+/// The inventory's record of the backup at `key` (daily or manual), if there is one.
+pub async fn recorded_backup(db: &D1Database, key: &str) -> Result<Option<RecordedBackup>> {
+    statement(db, "SELECT sha256, deleted_at, delete_reason FROM backups WHERE key = ?1", &[text(key)])?.first(None).await
+}
+
 /// The nightly job of the night scheduled at `requested_at`, if one is recorded.
 pub async fn nightly_job(db: &D1Database, requested_at: DateTime<Utc>) -> Result<Option<Uuid>> {
     #[derive(Deserialize)]

@@ -57,7 +57,10 @@ const INVENTORY: &str = "SELECT b.key, b.kind, b.database, b.date, b.bytes, b.sh
                          SELECT key, 'weekly', NULL, date, bytes, sha256, NULL, members, NULL, created_at, NULL, \
                            deleted_at, delete_reason, NULL, NULL, NULL, NULL FROM archives";
 
-/// A page of the inventory, newest first (by date, then key), by keyset.
+/// A page of the inventory, newest first (by creation time, then key), by keyset. Creation
+/// time, not the backup's date: a backup made today of a past night (a cron fired late, a
+/// retried run) is listed where it appeared, and manual backups mix with nightly ones in the
+/// order they were made.
 pub async fn list_inventory(db: &D1Database, query: &ListQuery) -> Result<InventoryPage> {
     let mut conditions = Vec::new();
     let mut params: Vec<JsValue> = Vec::new();
@@ -89,17 +92,17 @@ pub async fn list_inventory(db: &D1Database, query: &ListQuery) -> Result<Invent
             param(text(&sunday))
         ));
     }
-    if let Some((date, key)) = &query.after {
-        conditions.push(format!("(date, key) < ({}, {})", param(text(date)), param(text(key))));
+    if let Some((created_at, key)) = &query.after {
+        conditions.push(format!("(created_at, key) < ({}, {})", param(text(created_at)), param(text(key))));
     }
     let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
     // One more than asked tells whether there is a next page.
     let limit = param(number(u64::from(query.limit) + 1));
-    let sql = format!("SELECT * FROM ({INVENTORY}) {filter} ORDER BY date DESC, key DESC LIMIT {limit}");
+    let sql = format!("SELECT * FROM ({INVENTORY}) {filter} ORDER BY created_at DESC, key DESC LIMIT {limit}");
     let mut items: Vec<InventoryItem> = statement(db, &sql, &params)?.all().await?.results()?;
     let next_cursor = if items.len() > query.limit as usize {
         items.truncate(query.limit as usize);
-        items.last().map(|i| encode_cursor(&i.date, &i.key))
+        items.last().map(|i| encode_cursor(&i.created_at, &i.key))
     } else {
         None
     };

@@ -58,7 +58,7 @@ async fn route(req: &mut Request, env: &Env, settings: &Settings) -> Result<Resp
     match authorize(req, &admin_token, read_token.as_deref()) {
         Auth::Admin => {}
         // Backups are the data itself: downloading one needs the admin token.
-        Auth::ReadOnly if matches!(segments.as_slice(), ["download", ..]) => {
+        Auth::ReadOnly if matches!(segments.as_slice(), ["download", ..] | ["runs", _, "download"]) => {
             return error(403, "forbidden", "downloading a backup needs the admin token; the read-only token reads status and metadata only")
         }
         Auth::ReadOnly if method == Method::Get || method == Method::Head => {}
@@ -84,10 +84,12 @@ async fn route(req: &mut Request, env: &Env, settings: &Settings) -> Result<Resp
         (Method::Get, ["operations", id]) => operation(env, id).await,
         (Method::Post, ["archive"]) => archive(req, env, settings).await,
         (Method::Post, ["cleanup"]) => cleanup(env, settings).await,
+        (Method::Get, ["download"]) => download_by_key(req, env).await,
+        (Method::Get, ["runs", id, "download"]) => download_run(env, id).await,
         (Method::Get, ["download", "weekly", week]) => download_weekly(env, week).await,
         (Method::Get, ["download", date, database]) => download_daily(env, settings, date, database).await,
         (_, ["trigger"]) | (_, ["status"]) | (_, ["jobs", _]) | (_, ["archive"]) | (_, ["cleanup"])
-        | (_, ["download", _, _]) | (_, ["list"]) | (_, ["restore-guide", _]) | (_, ["runs", _, "retry"])
+        | (_, ["download", _, _]) | (_, ["download"]) | (_, ["runs", _, "download"]) | (_, ["list"]) | (_, ["restore-guide", _]) | (_, ["runs", _, "retry"])
         | (_, ["jobs"]) | (_, ["dead-letters"]) | (_, ["openapi.json"]) | (_, ["metrics"])
         | (_, ["runs", _, "verify"]) | (_, ["restore"]) | (_, ["operations"]) | (_, ["operations", _]) => {
             error(405, "method_not_allowed", "method not allowed on this path")

@@ -7,7 +7,9 @@ use platform::http::{error, json};
 use platform::reports;
 use shared::cron::CronSchedule;
 use shared::metrics::{MetricType, MetricsWriter};
-use shared::listing::parse_list_query;
+use shared::listing::{parse_download_query, parse_list_query};
+use shared::task::TaskState;
+use uuid::Uuid;
 use platform::meta;
 use platform::{bindings, now};
 use shared::config::Settings;
@@ -232,7 +234,7 @@ async fn offsite_status(meta_db: &D1Database, settings: &Settings) -> Result<ser
     }))
 }
 
-/// `GET /list`: the inventory, newest first, a page at a time.
+/// `GET /list`: the inventory, newest first (by creation time), a page at a time.
 pub(crate) async fn list(req: &Request, env: &Env) -> Result<Response> {
     let pairs: Vec<(String, String)> = req.url()?.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     let query = match parse_list_query(&pairs) {
@@ -300,6 +302,54 @@ pub(crate) async fn download_weekly(env: &Env, week: &str) -> Result<Response> {
     match archives::live_archive(&env.d1(bindings::META)?, week).await? {
         Some(sha256) => stream_object(env, &week.archive_key(), &sha256).await,
         None => error(404, "archive_not_found", format!("no weekly archive of {}", week.label())),
+    }
+}
+
+/// `GET /download?key=<key>`: any backup (nightly or manual) or weekly archive by its key, as
+/// `/list` shows it. Only keys the inventory holds are read: the key is checked for the
+/// inventory's shapes first, then looked up; R2 is never asked for a key it does not know.
+pub(crate) async fn download_by_key(req: &Request, env: &Env) -> Result<Response> {
+    let pairs: Vec<(String, String)> = req.url()?.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let key = match parse_download_query(&pairs) {
+        Ok(key) => key,
+        Err(e) => return api_error(e),
+    };
+    let meta_db = env.d1(bindings::META)?;
+    if let Some(week) = key.strip_prefix("weekly/").and_then(|k| k.strip_suffix(".tar.gz")).and_then(IsoWeek::parse) {
+        return match archives::live_archive(&meta_db, week).await? {
+            Some(sha256) => stream_object(env, &key, &sha256).await,
+            None => error(404, "archive_not_found", format!("no weekly archive is stored at {key}")),
+        };
+    }
+    stream_recorded_backup(env, &meta_db, &key).await
+}
+
+/// `GET /runs/:id/download`: the backup a run wrote (nightly or manual).
+pub(crate) async fn download_run(env: &Env, run_id: &str) -> Result<Response> {
+    if Uuid::parse_str(run_id).is_err() {
+        return error(400, "invalid_run_id", "run id must be a UUID");
+    }
+    let meta_db = env.d1(bindings::META)?;
+    let Some((state, key, _)) = platform::operations::run_backup(&meta_db, run_id).await? else {
+        return error(404, "not_found", format!("no run {run_id}"));
+    };
+    if state != TaskState::Succeeded {
+        return error(409, "no_backup", format!("run {run_id} is {state}: only a succeeded run has a backup to download"));
+    }
+    stream_recorded_backup(env, &meta_db, &key).await
+}
+
+/// Streams the backup the inventory records at `key`; 404 when it records none or the backup
+/// was deleted (by retention), saying when and why.
+async fn stream_recorded_backup(env: &Env, meta_db: &D1Database, key: &str) -> Result<Response> {
+    match meta::recorded_backup(meta_db, key).await? {
+        None => error(404, "backup_not_found", format!("no backup is recorded at {key}; GET /list shows the backups")),
+        Some(meta::RecordedBackup { deleted_at: Some(at), delete_reason, .. }) => error(
+            404,
+            "backup_deleted",
+            format!("{key} was deleted at {at} ({}); a weekly archive may still hold it", delete_reason.unwrap_or_default()),
+        ),
+        Some(backup) => stream_object(env, key, &backup.sha256).await,
     }
 }
 

@@ -99,15 +99,15 @@ pub fn restore_guide(backup: &GuideBackup, origin: &str, bucket: &str) -> Restor
     let restored = format!("{}-restored", backup.database);
     let q = shell_quote;
 
-    let mut download = Vec::new();
-    if backup.kind == "daily" {
-        download.push(format!(
-            "curl -fsS -H \"Authorization: Bearer $D1_BACKUP_TOKEN\" -o {} {}",
-            q(&file),
-            q(&format!("{origin}/download/{}/{}", backup.date, backup.database))
-        ));
-    }
-    download.push(format!("npx wrangler r2 object get {} --remote --file {}", q(&format!("{bucket}/{}", backup.key)), q(&file)));
+    // Nightly backups by date and database; manual ones (and any backup) by key.
+    let url = match backup.kind.as_str() {
+        "daily" => format!("{origin}/download/{}/{}", backup.date, backup.database),
+        _ => format!("{origin}/download?key={}", backup.key),
+    };
+    let download = vec![
+        format!("curl -fsS -H \"Authorization: Bearer $D1_BACKUP_TOKEN\" -o {} {}", q(&file), q(&url)),
+        format!("npx wrangler r2 object get {} --remote --file {}", q(&format!("{bucket}/{}", backup.key)), q(&file)),
+    ];
     let mut verify = vec![format!("echo {} | sha256sum -c -", q(&format!("{}  {file}", backup.sha256)))];
     if encrypted {
         // age-keygen's key file: the secret key matching one of the database's recipients.
@@ -246,6 +246,12 @@ mod tests {
         assert!(all.last().unwrap().contains("--bookmark='0000-bm'"));
         assert_eq!(guide.tables[0].name, "Album");
         assert!(!guide.encrypted && !all.iter().any(|c| c.starts_with("age ")));
+        // A manual backup downloads through the API too, by its key.
+        let key = "manual/2026-11-23/0b7f3c1e-8a9d-4f5e-9c2b-1d3e5f7a9b0c/chinook.sql.gz";
+        let manual = GuideBackup { key: key.into(), kind: "manual".into(), ..backup };
+        let guide = restore_guide(&manual, "https://b.example", "d1-backups");
+        assert!(guide.steps[0].commands[0].ends_with(&format!("'https://b.example/download?key={key}'")), "{:?}", guide.steps[0]);
+        assert!(crate::listing::is_inventory_key(key));
     }
 
     #[test]

@@ -24,13 +24,14 @@ def settled(item: dict) -> dict:
 
 
 def test_list_pages_through_the_inventory_newest_first(roomy_stack):
+    """Newest first by creation time (tests/e2e/test_downloads.py shows it is not the date's order)."""
     backup(roomy_stack, ["demo", "hostile"])
     backup(roomy_stack, ["demo"])
     everything = roomy_stack.admin("GET", "/list?limit=1000").json()
     assert everything["nextCursor"] is None
     items = everything["items"]
     assert len(items) >= 3
-    order = [(i["date"], i["key"]) for i in items]
+    order = [(i["createdAt"], i["key"]) for i in items]
     assert order == sorted(order, reverse=True)
     # Two at a time, the same items in the same order.
     paged, cursor = [], None
@@ -83,6 +84,16 @@ def test_restore_guide_commands_work_as_written(roomy_stack, tmp_path):
     download = download.replace("npx wrangler", f"node {ROOT}/node_modules/wrangler/bin/wrangler.js") \
         .replace("--remote", f"--local --persist-to {roomy_stack.state_dir} -c {ROOT}/wrangler.toml")
     assert shell(download).returncode == 0
+    # The guide's first command downloads the same bytes through the API (a manual backup by
+    # its key), run as printed.
+    (through_api,) = [c for c in commands["Download the backup"] if c.startswith("curl ")]
+    assert "/download?key=manual/" in through_api, through_api
+    (tmp_path / "api").mkdir()
+    fetched = subprocess.run(["bash", "-euo", "pipefail", "-c", through_api], cwd=tmp_path / "api", env=env,
+                             capture_output=True, text=True)
+    assert fetched.returncode == 0, fetched.stderr
+    (downloaded,) = (tmp_path / "api").iterdir()
+    assert downloaded.read_bytes() == (tmp_path / downloaded.name).read_bytes()
     for cmd in commands["Check it"] + commands["Restore into a local SQLite file"]:
         result = shell(cmd)
         assert result.returncode == 0, (cmd, result.stderr)

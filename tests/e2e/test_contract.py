@@ -16,7 +16,8 @@ NO_SUCH_ID = "00000000-0000-4000-8000-000000000000"
 READS = ["/status", "/jobs", f"/jobs/{NO_SUCH_ID}", "/list", "/dead-letters",
          "/metrics", "/openapi.json", "/restore-guide/demo", "/operations", f"/operations/{NO_SUCH_ID}"]
 # The data itself: the admin token only.
-DOWNLOADS = ["/download/2026-01-01/demo", "/download/weekly/2026-W01"]
+DOWNLOADS = ["/download/2026-01-01/demo", "/download/weekly/2026-W01", "/download?key=daily/2026-01-01/demo.sql.gz",
+             f"/runs/{NO_SUCH_ID}/download"]
 WRITES = [("POST", "/trigger"), ("POST", "/cleanup"), ("POST", "/archive"),
           ("POST", f"/runs/{NO_SUCH_ID}/retry"), ("POST", f"/runs/{NO_SUCH_ID}/verify"),
           ("POST", "/restore")]
@@ -85,7 +86,8 @@ def test_public_endpoints_and_unknown_paths(contract_stack):
     assert s.admin("GET", "/trigger").status == 405
     for method, path in [("GET", "/restore"), ("PUT", "/restore"), ("GET", f"/runs/{NO_SUCH_ID}/verify"),
                          ("DELETE", f"/runs/{NO_SUCH_ID}/verify"), ("POST", "/operations"),
-                         ("POST", f"/operations/{NO_SUCH_ID}"), ("DELETE", f"/operations/{NO_SUCH_ID}")]:
+                         ("POST", f"/operations/{NO_SUCH_ID}"), ("DELETE", f"/operations/{NO_SUCH_ID}"),
+                         ("POST", "/download?key=daily/2026-01-01/demo.sql.gz"), ("PUT", f"/runs/{NO_SUCH_ID}/download")]:
         r = s.admin(method, path)
         assert r.status == 405 and r.json()["error"] == "method_not_allowed", (method, path, r.body[:200])
     status = s.admin("GET", "/status").json()
