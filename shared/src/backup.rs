@@ -5,7 +5,8 @@
 //! completes the upload: a half-done backup is never visible as a backup.
 //!
 //! The steps of an export are byte for byte the dump a single step would write; with gzip,
-//! each step writes one gzip member, and gzip readers join members into the same SQL.
+//! its pieces are gzip members (see `crate::upload`), and gzip readers join members into the
+//! same SQL.
 
 use crate::age::Recipient;
 use crate::dump::{SchemaObject, Sequence, export_step, DumpError, DumpOptions, ExportCursor, ExportProgress, ExportTotals, StepBudget, TableCount};

@@ -2,8 +2,9 @@
 //! position a restore can save and resume at in another invocation.
 //!
 //! A plain dump resumes at a byte offset. A gzip dump cannot be entered in the middle of a
-//! compressed stream, but the exporter writes one gzip member per step, and every member can
-//! be decoded on its own: a position is the member's offset plus the SQL bytes of that member
+//! compressed stream, but the exporter writes one gzip member per 1 MiB of SQL (see
+//! `crate::upload`; dumps of earlier versions, one member per step), and every member can be
+//! decoded on its own: a position is the member's offset plus the SQL bytes of that member
 //! already used. Resuming decodes that much of one member again, never the whole file.
 //!
 //! An encrypted dump (`.age`) is read through its decryption: offsets above are then offsets
