@@ -25,6 +25,13 @@ pub struct D1Usage {
     pub statements: u32,
 }
 
+impl D1Usage {
+    fn count_query(&mut self, rows: &[Vec<Option<String>>]) {
+        self.queries += 1;
+        self.rows_returned += rows.len() as u64;
+    }
+}
+
 impl D1Source {
     /// A session at `bookmark`, or at the primary when there is none yet.
     pub fn open(db: &D1Database, bookmark: Option<&str>) -> Result<D1Source, PortError> {
@@ -42,8 +49,7 @@ impl D1Source {
 impl SqlSource for D1Source {
     async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PortError> {
         let rows = rows_as_text(self.session.prepare(sql)).await?;
-        self.usage.queries += 1;
-        self.usage.rows_returned += rows.len() as u64;
+        self.usage.count_query(&rows);
         Ok(rows)
     }
 
@@ -107,8 +113,7 @@ impl D1Target {
 impl SqlSource for D1Target {
     async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PortError> {
         let rows = rows_as_text(self.db.prepare(sql)).await?;
-        self.usage.queries += 1;
-        self.usage.rows_returned += rows.len() as u64;
+        self.usage.count_query(&rows);
         Ok(rows)
     }
 }

@@ -214,6 +214,11 @@ impl<C: Clock> Meter<'_, C> {
             && (self.read >= self.budget.max_read_bytes
                 || (self.clock.now_millis() - self.started_at) as u64 >= self.budget.max_millis)
     }
+
+    /// Whether `bytes` more can be read in this step (so something read whole need not pause).
+    fn fits(&self, bytes: u64) -> bool {
+        bytes <= self.budget.max_read_bytes.saturating_sub(self.read)
+    }
 }
 
 /// Runs one step of a weekly archive from `checkpoint` (see [`ArchiveCheckpoint::start`]).
@@ -248,7 +253,7 @@ pub async fn archive_step<O: ObjectStore, C: Clock>(
                 state.phase = ArchivePhase::Verifying { bytes, sha256, offset: 0, hash: ResumableSha256::new() };
             }
             ArchivePhase::Verifying { bytes: expected, sha256, mut offset, mut hash } => {
-                if offset == 0 && expected <= meter.budget.max_read_bytes.saturating_sub(meter.read) {
+                if offset == 0 && meter.fits(expected) {
                     // It fits this step: hashed whole, which a Worker does natively as the
                     // object streams, without copying it into WebAssembly.
                     let found = store.sha256(&state.plan.key).await?;
@@ -344,8 +349,7 @@ async fn write_members<O: ObjectStore, C: Clock>(
                 // A member read whole in this step can be hashed by the store as it reads it
                 // (in a Worker, natively); one that may pause midway needs a hash that can be
                 // saved in the checkpoint.
-                native = member.bytes <= meter.budget.max_read_bytes.saturating_sub(meter.read)
-                    && writer.store().digest_reads(&member.source_key);
+                native = meter.fits(member.bytes) && writer.store().digest_reads(&member.source_key);
                 writer.write(&tar_header(&member.path, member.bytes, member.mtime)?).await?;
             }
             while offset < member.bytes {
